@@ -1,0 +1,147 @@
+"""Device parameters of a 1T1R RRAM cell, read from preset data files.
+
+Conductances are in µS, voltages in V. Every number in a preset file names
+its source (see ``presets/*.json``); :func:`load_preset` refuses a file with a
+missing, non-numeric or negative constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rmlora.errors import RmloraError
+from rmlora.presetfile import load_constants, preset_path
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class DeviceParams:
+    """Physics of one cell and of its write-verify programming loop.
+
+    Weight mapping
+        ``mapping`` is ``"offset"`` (one cell, w ∝ G − g_ref) or
+        ``"differential"`` (two cells, w ∝ G+ − G−). Targets lie in
+        ``[g_min_uS, g_max_uS]``; ``levels`` (or None) snaps them to that many
+        equally spaced values.
+    Programming
+        ``programming`` is ``"write-verify"`` (incremental step pulse
+        programming, ISPP) or ``"exact"`` (targets written exactly, for the
+        ``ideal`` preset). A SET (RESET) pulse of amplitude
+        V_k = v_start + k·v_step (k = pulses since the last change of
+        direction, capped at v_max) moves G by
+        gain·(V_k − V_th)·d2d·c2c·headroom, where headroom is the fraction
+        of the physical range [g_floor, g_ceil] left in that direction, d2d a
+        per-cell log-normal factor and c2c a per-pulse log-normal factor.
+        Before each pulse the cell is read (with read noise); it converges
+        after ``passes_required`` consecutive reads within ``tolerance_uS``
+        and fails after ``max_pulses`` pulses.
+    After programming
+        relaxation spread σ = relax_sigma_floor + relax_sigma_iter/√reads;
+        read noise σ = read_noise_abs + read_noise_rel·G at every read;
+        drift mean and spread per ln(t/t0); stuck-at-low/high fractions.
+    """
+
+    name: str
+    mapping: str
+    g_min_uS: float
+    g_max_uS: float
+    g_ref_uS: float | None
+    g_floor_uS: float
+    g_ceil_uS: float
+    g_init_uS: float
+    levels: int | None
+    programming: str
+    tolerance_uS: float
+    max_pulses: int
+    passes_required: int
+    v_set_start_V: float
+    v_reset_start_V: float
+    v_step_V: float
+    v_set_max_V: float
+    v_reset_max_V: float
+    v_set_threshold_V: float
+    v_reset_threshold_V: float
+    set_gain_uS_per_V: float
+    reset_gain_uS_per_V: float
+    c2c_sigma: float
+    d2d_sigma: float
+    read_noise_abs_uS: float
+    read_noise_rel: float
+    relax_sigma_floor_uS: float
+    relax_sigma_iter_uS: float
+    drift_mean_uS_per_ln_t: float
+    drift_sigma_uS_per_ln_t: float
+    drift_t0_s: float
+    stuck_low_fraction: float
+    stuck_high_fraction: float
+
+    @property
+    def cells_per_weight(self) -> int:
+        return 2 if self.mapping == "differential" else 1
+
+    @property
+    def reference_uS(self) -> float:
+        """Conductance that encodes weight zero (offset mapping)."""
+        if self.g_ref_uS is not None:
+            return self.g_ref_uS
+        return 0.5 * (self.g_min_uS + self.g_max_uS)
+
+    @property
+    def noiseless(self) -> bool:
+        return (self.read_noise_abs_uS == 0 and self.read_noise_rel == 0
+                and self.relax_sigma_floor_uS == 0 and self.relax_sigma_iter_uS == 0)
+
+    def replace(self, **changes: Any) -> "DeviceParams":
+        """A copy with some constants changed (validated like a file)."""
+        d = asdict(self)
+        unknown = set(changes) - set(d)
+        if unknown:
+            raise RmloraError(f"unknown device constant(s): {', '.join(sorted(unknown))}")
+        d.update(changes)
+        return _validated(DeviceParams(**d), f"preset {self.name} (modified)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_TYPES: dict[str, type] = {
+    f: (int if f in ("max_pulses", "passes_required", "levels") else
+        str if f in ("mapping", "programming") else float)
+    for f in DeviceParams.__dataclass_fields__ if f != "name"
+}
+
+
+def _validated(p: DeviceParams, where: str) -> DeviceParams:
+    if p.mapping not in ("offset", "differential"):
+        raise RmloraError(f"{where}: mapping must be 'offset' or 'differential', got {p.mapping!r}")
+    if p.programming not in ("write-verify", "exact"):
+        raise RmloraError(f"{where}: programming must be 'write-verify' or 'exact', got {p.programming!r}")
+    if not p.g_floor_uS <= p.g_min_uS < p.g_max_uS <= p.g_ceil_uS:
+        raise RmloraError(f"{where}: need g_floor <= g_min < g_max <= g_ceil (µS)")
+    if p.g_ref_uS is not None and not p.g_min_uS < p.g_ref_uS < p.g_max_uS:
+        raise RmloraError(f"{where}: g_ref_uS must lie inside (g_min, g_max)")
+    if p.levels is not None and p.levels < 2:
+        raise RmloraError(f"{where}: levels must be >= 2 or null")
+    if p.programming == "write-verify":
+        if p.max_pulses < 1 or p.passes_required < 1:
+            raise RmloraError(f"{where}: max_pulses and passes_required must be >= 1")
+        if p.v_set_start_V <= p.v_set_threshold_V or p.v_reset_start_V <= p.v_reset_threshold_V:
+            raise RmloraError(f"{where}: start voltages must exceed the switching thresholds")
+    if p.stuck_low_fraction + p.stuck_high_fraction > 1:
+        raise RmloraError(f"{where}: stuck-at fractions add up to more than 1")
+    return p
+
+
+def load_preset(name_or_path: str) -> DeviceParams:
+    """Load a built-in preset (``rram-180nm``, ``ideal``, ...) or a JSON file."""
+    path = preset_path(PRESET_DIR, name_or_path, "device preset")
+    values, doc = load_constants(path, _TYPES, "device preset",
+                                 may_be_null=frozenset({"g_ref_uS", "levels"}))
+    return _validated(DeviceParams(name=doc.get("name", path.stem), **values), f"device preset {path}")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))

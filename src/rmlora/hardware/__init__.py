@@ -1,0 +1,8 @@
+"""Tiles, DAC/ADC, analogue layers and deployment of torch models onto a chip."""
+
+from rmlora.hardware.chip import ArrayHandle, Chip, Placement, ProgramStats, SimulatedChip
+from rmlora.hardware.deploy import ProgrammingReport, analog_layers, deploy, redeploy
+from rmlora.hardware.layers import AnalogConv1d, AnalogConv2d, AnalogLayer, AnalogLinear
+
+__all__ = ["AnalogConv1d", "AnalogConv2d", "AnalogLayer", "AnalogLinear", "ArrayHandle", "Chip", "Placement",
+           "ProgramStats", "ProgrammingReport", "SimulatedChip", "analog_layers", "deploy", "redeploy"]

@@ -1,0 +1,146 @@
+"""Map a torch model onto a chip and program it: ``deploy(model, chip)``."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rmlora.costs.ledger import Ledger
+from rmlora.costs.profile import TechProfile, load_profile
+from rmlora.errors import RmloraError
+from rmlora.hardware.chip import Chip, ProgramStats
+from rmlora.hardware.layers import ANALOG_TYPES, AnalogLayer
+
+
+@dataclass
+class ProgrammingReport:
+    """What (re)programming a model cost: cells, pulses, reads, failures, J, s, error spread."""
+
+    preset: str
+    profile: str
+    layers: list[ProgramStats] = field(repr=False)
+    energy_J: float
+    time_s: float
+    tiles: int
+
+    @property
+    def cells(self) -> int:
+        return sum(s.cells for s in self.layers)
+
+    @property
+    def programmed_cells(self) -> int:
+        return sum(s.programmed for s in self.layers)
+
+    @property
+    def set_pulses(self) -> int:
+        return sum(s.set_pulses for s in self.layers)
+
+    @property
+    def reset_pulses(self) -> int:
+        return sum(s.reset_pulses for s in self.layers)
+
+    @property
+    def verify_reads(self) -> int:
+        return sum(s.verify_reads for s in self.layers)
+
+    @property
+    def failed_cells(self) -> int:
+        return sum(s.failed for s in self.layers)
+
+    def _errors(self) -> torch.Tensor:
+        errs = [s.error_uS for s in self.layers if s.error_uS.numel()]
+        return torch.cat(errs) if errs else torch.zeros(0)
+
+    def summary(self) -> dict:
+        """Plain numbers for JSON and tables."""
+        err = self._errors()
+        pulses = [s.pulses_per_cell for s in self.layers if s.pulses_per_cell.numel()]
+        pulses = torch.cat(pulses).float() if pulses else torch.zeros(0)
+        n = max(1, self.programmed_cells)
+        return {
+            "preset": self.preset,
+            "profile": self.profile,
+            "tiles": self.tiles,
+            "cells": self.cells,
+            "programmed_cells": self.programmed_cells,
+            "skipped_cells": self.cells - self.programmed_cells,
+            "set_pulses": self.set_pulses,
+            "reset_pulses": self.reset_pulses,
+            "verify_reads": self.verify_reads,
+            "mean_pulses_per_cell": (self.set_pulses + self.reset_pulses) / n,
+            "p95_pulses_per_cell": float(pulses.quantile(0.95)) if pulses.numel() else 0.0,
+            "failed_cells": self.failed_cells,
+            "error_mean_uS": float(err.mean()) if err.numel() else 0.0,
+            "error_std_uS": float(err.std()) if err.numel() > 1 else 0.0,
+            "programming_energy_J": self.energy_J,
+            "programming_time_s": self.time_s,
+        }
+
+
+def analog_layers(model: nn.Module) -> list[tuple[str, AnalogLayer]]:
+    """(name, layer) of every analogue layer in ``model``, peft wrappers looked through."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, AnalogLayer)]
+
+
+def _supported(name: str, m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if m.groups != 1:
+            raise RmloraError(f"{name}: grouped convolution (groups={m.groups}) has no tile mapping")
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise RmloraError(f"{name}: only numeric zero padding maps onto tiles")
+
+
+def report_from(stats: list[ProgramStats], chip: Chip, profile: TechProfile) -> ProgrammingReport:
+    led = Ledger()
+    for s in stats:
+        led.add("set_pulses", s.set_pulses)
+        led.add("reset_pulses", s.reset_pulses)
+        led.add("verify_reads", s.verify_reads)
+    return ProgrammingReport(chip.device.name, profile.name, stats, led.energy(profile)["write_verify"],
+                             led.time(profile)["write_verify"], getattr(chip, "tiles_used", 0))
+
+
+def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
+           profile: TechProfile | str = "cmos-180nm") -> ProgrammingReport:
+    """Move every ``nn.Linear``/``Conv1d``/``Conv2d`` of ``model`` (in place) onto ``chip``
+    and write-verify it. Names matching a glob in ``exclude`` stay digital.
+
+    Returns the programming report. Call :func:`redeploy` after changing weights.
+    """
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    targets = []
+    for name, m in model.named_modules():
+        for child_name, child in m.named_children():
+            full = f"{name}.{child_name}" if name else child_name
+            cls = ANALOG_TYPES.get(type(child))
+            if cls is None or any(fnmatch.fnmatch(full, pat) for pat in exclude):
+                continue
+            _supported(full, child)
+            if not torch.isfinite(child.weight).all():
+                raise RmloraError(f"{full}: weights contain NaN or infinite values; nothing was programmed")
+            targets.append((m, child_name, full, child, cls))
+    if not targets:
+        raise RmloraError("the model has no Linear/Conv1d/Conv2d layer to deploy")
+    swapped = []
+    for parent, child_name, full, child, cls in targets:
+        new = cls.from_float(child, chip, full)
+        setattr(parent, child_name, new)
+        swapped.append(new)
+    stats = [m.program() for m in swapped]
+    return report_from(stats, chip, profile)
+
+
+def redeploy(model: nn.Module, chip: Chip, profile: TechProfile | str = "cmos-180nm") -> ProgrammingReport:
+    """Reprogram the analogue layers to their current ``weight``; only cells whose
+    target moved beyond the tolerance are pulsed (the report says how many)."""
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    layers = analog_layers(model)
+    if not layers:
+        raise RmloraError("the model has no analogue layer: deploy it first")
+    for name, m in layers:
+        if not torch.isfinite(m.weight).all():
+            raise RmloraError(f"{name}: weights contain NaN or infinite values; nothing was reprogrammed")
+    return report_from([m.program() for _, m in layers], chip, profile)

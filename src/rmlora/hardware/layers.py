@@ -1,0 +1,243 @@
+"""Analogue layers: Linear, Conv1d and Conv2d computed from programmed conductances.
+
+Each layer keeps its float ``weight`` (the target the chip was programmed
+to, frozen unless a full-update baseline trains it) and a
+:class:`CrossbarCore` that computes y = x·W_eff from the chip's cells:
+
+1. inputs go through the DAC (``chip.dac_bits``);
+2. each tile of 128 rows gives partial column currents x·G (µS·V) with a
+   fresh read-noise sample of every cell on every call; the reference
+   column (offset mapping) or the G− column (differential) is subtracted
+   in the analogue domain;
+3. each tile's signed currents go through the ADC (``chip.adc_bits``) and
+   are summed digitally;
+4. the sum is divided by the per-output scale (µS per weight unit); the bias
+   is added digitally.
+
+Gradients use the straight-through estimator of the converters: dL/dx =
+dL/dy·W_eff (a transposed read of the same arrays) and, when ``weight``
+requires grad, dL/dW = dL/dyᵀ·x.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rmlora.device import mapping
+from rmlora.hardware.chip import ArrayHandle, Chip, ProgramStats
+from rmlora.hardware.converters import dac, quantise
+
+
+class CrossbarCore:
+    """The analogue matrix of one layer: ``out`` x ``in`` weights on a chip."""
+
+    def __init__(self, chip: Chip, name: str, out_features: int, in_features: int) -> None:
+        self.chip = chip
+        self.p = chip.device
+        self.out_features, self.in_features = out_features, in_features
+        self.handle: ArrayHandle = chip.allocate(name, in_features, out_features * self.p.cells_per_weight)
+        self.scale: torch.Tensor | None = None  # µS per weight unit, (out,)
+        self.signed: torch.Tensor | None = None  # (in, out) µS: G − g_ref or G+ − G−
+        self.sigma: torch.Tensor | None = None  # (in, out) µS read noise of ``signed``
+
+    def program(self, weight: torch.Tensor) -> ProgramStats:
+        """Program ``weight`` (out, in); keeps the previous scale while the weights fit it."""
+        need = mapping.output_scale(weight, self.p)
+        self.scale = need if self.scale is None else torch.minimum(self.scale, need)
+        stats = self.chip.program(self.handle, mapping.to_conductance(weight, self.scale, self.p))
+        self.refresh()
+        return stats
+
+    def refresh(self) -> None:
+        """Re-read the cells (after programming or ageing) into the MVM cache."""
+        g = self.chip.conductance(self.handle)
+        self.signed = mapping.signed_conductance(g, self.p).contiguous()
+        s = self.chip.read_sigma(self.handle)
+        if self.p.mapping == "differential":
+            s = (s[:, 0::2] ** 2 + s[:, 1::2] ** 2).sqrt()
+        self.sigma = s.contiguous() if bool((s > 0).any()) else None
+
+    def effective_weight(self) -> torch.Tensor:
+        """Noise-free weights (out, in) the cells encode now."""
+        return (self.signed / self.scale).t()
+
+    @property
+    def out_tile_width(self) -> int:
+        return self.chip.tile_cols // self.p.cells_per_weight
+
+    def mvm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(B, in) → (B, out); ``weight`` carries the gradient of a full-update baseline."""
+        return _AnalogMVM.apply(x, weight, self)
+
+    def forward_currents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantised output (B, out) and the signed conductance sample it used (in, out)."""
+        c = self.signed
+        if self.sigma is not None:
+            c = torch.addcmul(c, self.sigma, torch.randn(c.shape, dtype=c.dtype, device=c.device))
+        xq = dac(x, self.chip.dac_bits)
+        bits = self.chip.adc_bits
+        rows = self.chip.tile_rows
+        n_rt = self.handle.row_tiles
+        if bits is None:
+            y = xq @ c
+        else:
+            if n_rt == 1:
+                part = (xq @ c).unsqueeze(0)  # (1, B, out)
+            else:
+                pad = n_rt * rows - self.in_features
+                xt = F.pad(xq, (0, pad)).view(x.shape[0], n_rt, rows).transpose(0, 1)
+                part = torch.bmm(xt, F.pad(c, (0, 0, 0, pad)).view(n_rt, rows, -1))
+            y = self._adc(part, bits).sum(0)
+        return y / self.scale, c
+
+    def _adc(self, part: torch.Tensor, bits: int) -> torch.Tensor:
+        """Digitise (n_rt, B, out) signed partial currents, one full scale per tile.
+
+        The reference column (offset mapping) or the G− column (differential)
+        is subtracted in the analogue domain before the ADC.
+        """
+        n_rt, b, out = part.shape
+        w = self.out_tile_width
+        n_ct = -(-out // w)
+        padded = F.pad(part, (0, n_ct * w - out)).view(n_rt, b, n_ct, w)
+        fs = padded.abs().amax(dim=(1, 3), keepdim=True)  # (n_rt, 1, n_ct, 1)
+        return quantise(padded, fs, bits).view(n_rt, b, n_ct * w)[..., :out]
+
+
+class _AnalogMVM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, core: CrossbarCore):  # noqa: D401
+        y, c = core.forward_currents(x)
+        ctx.core = core
+        ctx.save_for_backward(x, c)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, c = ctx.saved_tensors
+        core = ctx.core
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = (gy / core.scale) @ c.t()
+        if ctx.needs_input_grad[1]:
+            gw = gy.t() @ x
+        return gx, gw, None
+
+
+class AnalogLayer:
+    """Mixin shared by the analogue layers: the core, the ledger hook, (re)programming."""
+
+    core: CrossbarCore
+    ledger = None  # a rmlora.costs.Ledger while counting
+
+    def program(self) -> ProgramStats:
+        return self.core.program(self.weight.detach())
+
+    def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
+        if self.ledger is not None:
+            self._count(x2d)
+        return self.core.mvm(x2d, self.weight)
+
+    def _count(self, x2d: torch.Tensor) -> None:
+        h, led, p = self.core.handle, self.ledger, self.core.p
+        b, n_in = x2d.shape
+        n_out = self.core.out_features
+        nnz = int((x2d != 0).sum())  # event-driven: zero inputs (silent spikes) drive nothing
+        ref = h.col_tiles if p.mapping == "offset" else 0  # one reference column per tile
+        led.add("dac_conversions", nnz * h.col_tiles)
+        led.add("cell_reads", nnz * (h.cols + ref))
+        led.add("adc_conversions", b * h.row_tiles * n_out)
+        led.add("tile_mvms", b * h.row_tiles * h.col_tiles)
+        if torch.is_grad_enabled() and x2d.requires_grad:  # transposed read for dL/dx
+            led.add("dac_conversions", b * n_out * h.row_tiles)
+            led.add("cell_reads", b * h.cells)
+            led.add("adc_conversions", b * h.col_tiles * n_in)
+            led.add("tile_mvms", b * h.row_tiles * h.col_tiles)
+        if torch.is_grad_enabled() and self.weight.requires_grad:  # dL/dW on the digital unit
+            led.add("digital_macs", b * n_in * n_out)
+
+
+def _adopt(new: nn.Module, old: nn.Module) -> None:
+    new.weight = old.weight
+    new.bias = old.bias
+    new.weight.requires_grad_(False)
+    new.train(old.training)
+
+
+class AnalogLinear(nn.Linear, AnalogLayer):
+    """``nn.Linear`` whose matrix lives on the chip; the bias is digital."""
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear, chip: Chip, name: str) -> "AnalogLinear":
+        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+        _adopt(new, lin)
+        new.core = CrossbarCore(chip, name, lin.out_features, lin.in_features)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = self._matmul(x.reshape(-1, shape[-1]))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+
+class AnalogConv2d(nn.Conv2d, AnalogLayer):
+    """``nn.Conv2d`` (groups=1, zero padding) computed as im2col then an analogue MVM."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, chip: Chip, name: str) -> "AnalogConv2d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, 1, conv.bias is not None, device="meta")
+        _adopt(new, conv)
+        new.core = CrossbarCore(chip, name, conv.out_channels, conv.weight[0].numel())
+        return new
+
+    def program(self) -> ProgramStats:
+        return self.core.program(self.weight.detach().flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, CKK, L)
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        if self.ledger is not None:
+            self._count(cols.transpose(1, 2).reshape(-1, cols.shape[1]))
+        y = self.core.mvm(cols.transpose(1, 2).reshape(-1, cols.shape[1]), self.weight.flatten(1))
+        y = y.view(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+class AnalogConv1d(nn.Conv1d, AnalogLayer):
+    """``nn.Conv1d`` (groups=1, zero padding) computed as im2col then an analogue MVM."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d, chip: Chip, name: str) -> "AnalogConv1d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, 1, conv.bias is not None, device="meta")
+        _adopt(new, conv)
+        new.core = CrossbarCore(chip, name, conv.out_channels, conv.weight[0].numel())
+        return new
+
+    def program(self) -> ProgramStats:
+        return self.core.program(self.weight.detach().flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, length = x.shape
+        k, s, pd, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        cols = F.unfold(x.unsqueeze(2), (1, k), (1, d), (0, pd), (1, s))  # (B, C*k, L)
+        lo = cols.shape[-1]
+        x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        if self.ledger is not None:
+            self._count(x2d)
+        y = self.core.mvm(x2d, self.weight.flatten(1)).view(b, lo, -1).transpose(1, 2)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1)
+        return y
+
+
+ANALOG_TYPES = {nn.Linear: AnalogLinear, nn.Conv1d: AnalogConv1d, nn.Conv2d: AnalogConv2d}
