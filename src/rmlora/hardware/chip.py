@@ -122,6 +122,12 @@ class SimulatedChip(Chip):
     def tiles_used(self) -> int:
         return self._tiles_used
 
+    def has(self, name: str) -> bool:
+        return name in self._handles
+
+    def handle(self, name: str) -> ArrayHandle:
+        return self._handles[name]
+
     def allocate(self, name: str, rows: int, cols: int) -> ArrayHandle:
         if rows < 1 or cols < 1:
             raise RmloraError(f"{name}: a {rows}x{cols} matrix cannot be mapped onto tiles")

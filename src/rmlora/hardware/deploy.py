@@ -144,3 +144,19 @@ def redeploy(model: nn.Module, chip: Chip, profile: TechProfile | str = "cmos-18
         if not torch.isfinite(m.weight).all():
             raise RmloraError(f"{name}: weights contain NaN or infinite values; nothing was reprogrammed")
     return report_from([m.program() for _, m in layers], chip, profile)
+
+
+def program_onto(chip: Chip, model: nn.Module, profile: TechProfile | str = "cmos-180nm") -> ProgrammingReport:
+    """Program ``model``'s current analogue weights onto another ``chip`` that holds an
+    earlier version of it (arrays matched by name, new arrays allocated): the
+    deployment of an updated model to a chip in the field."""
+    from rmlora.device import mapping
+
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    stats = []
+    for _, m in analog_layers(model):
+        h = m.core.handle
+        handle = chip.handle(h.name) if chip.has(h.name) else chip.allocate(h.name, h.rows, h.cols)
+        w = m.weight.detach().flatten(1)
+        stats.append(chip.program(handle, mapping.to_conductance(w, m.core.scale, chip.device)))
+    return report_from(stats, chip, profile)

@@ -1,0 +1,108 @@
+"""One training loop for every method and path, with validation-based selection.
+
+The loop draws batches, steps an Adam optimiser on the given parameters,
+lets the caller act after each step (the full-update baseline reprograms
+the moved cells there), counts the work into a ledger, and keeps the state
+that scored best on *validation* data (never on test data).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rmlora.costs.counting import counting
+from rmlora.costs.ledger import Ledger
+
+
+@dataclass
+class TrainConfig:
+    """Steps, Adam learning rate, batch size, how often to validate."""
+
+    steps: int = 300
+    lr: float = 3e-3
+    batch_size: int = 32
+    eval_every: int = 25
+    weight_decay: float = 0.0
+
+
+class Batches:
+    """Random mini-batches of (x, y) drawn with a seeded generator."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        self.x, self.y, self.bs, self.g = x, y, batch_size, generator
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.y) <= self.bs:
+            return self.x, self.y
+        idx = torch.randint(len(self.y), (self.bs,), generator=self.g)
+        return self.x[idx], self.y[idx]
+
+
+def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Callable[[int], torch.Tensor], cfg: TrainConfig, *,
+        score_fn: Callable[[], float] | None = None, after_step: Callable[[], None] | None = None,
+        ledger: Ledger | None = None, update_bits: int = 8, desc: str = "training", progress: bool = True) -> dict:
+    """Train ``params`` (parameters or Adam parameter groups) on ``loss_fn(step)``.
+
+    ``score_fn`` (higher is better, computed on validation data) is called every
+    ``cfg.eval_every`` steps and at the end; the best-scoring parameter state is
+    restored at the end and ``after_step`` runs once more (so that a hardware
+    path reprograms it). Each step writes the updated parameters
+    (``update_bits`` each) to SRAM in the ledger. Returns a small history.
+    """
+    if not params:
+        raise ValueError("nothing to train")
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    n_param = sum(p.numel() for p in params)
+    best_score, best_state, best_step = -float("inf"), None, 0
+    history = {"step": [], "loss": [], "score": []}
+    bar = tqdm(range(cfg.steps), desc=desc, leave=False, disable=not progress)
+    for step in bar:
+        model.train()
+        with counting(model, ledger) if ledger is not None else nullcontext():
+            loss = loss_fn(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+        if ledger is not None:
+            ledger.add("sram_write_bits", n_param * update_bits)
+        if after_step is not None:
+            after_step()
+        last = step + 1 == cfg.steps
+        if score_fn is not None and ((step + 1) % cfg.eval_every == 0 or last):
+            s = score_fn()
+            history["step"].append(step + 1)
+            history["loss"].append(float(loss.detach()))
+            history["score"].append(s)
+            if s > best_score:
+                best_score, best_step = s, step + 1
+                best_state = [p.detach().clone() for p in params]
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val=f"{s:.3f}")
+    model.eval()
+    if best_state is not None:
+        with torch.no_grad():
+            for p, b in zip(params, best_state):
+                p.copy_(b)
+        if after_step is not None:
+            after_step()
+    history["best_step"] = best_step
+    history["best_score"] = best_score
+    return history
+
+
+def snapshot(module: nn.Module) -> nn.Module:
+    """A frozen deep copy (e.g. the teacher of SCRUB)."""
+    m = copy.deepcopy(module).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m

@@ -1,0 +1,96 @@
+"""Face recognition: 16x16 greyscale photos, a small MLP-Mixer (as the paper's).
+
+Scenario (the paper's): learn identities 0–4, deploy, forget identity 2,
+add identity 5.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rmlora.data import faces
+from rmlora.methods.train import TrainConfig
+from rmlora.tasks.base import TaskDefaults
+
+
+class MixerBlock(nn.Module):
+    """Token mixing (across patches) then channel mixing, each a 2-layer MLP with a residual."""
+
+    def __init__(self, tokens: int, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(channels)
+        self.token_fc1 = nn.Linear(tokens, hidden)
+        self.token_fc2 = nn.Linear(hidden, tokens)
+        self.norm2 = nn.LayerNorm(channels)
+        self.channel_fc1 = nn.Linear(channels, hidden)
+        self.channel_fc2 = nn.Linear(hidden, channels)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, tokens, channels)
+        y = self.norm1(x).transpose(1, 2)
+        x = x + self.token_fc2(self.act(self.token_fc1(y))).transpose(1, 2)
+        return x + self.channel_fc2(self.act(self.channel_fc1(self.norm2(x))))
+
+
+class FaceMixer(nn.Module):
+    """MLP-Mixer for (B, 1, S, S) images: patches of ``patch`` pixels, ``layers`` blocks of
+    ``channels`` channels and ``hidden`` hidden units (paper: 2, 20, 32, patch 4, S=16).
+
+    Written out (about 30 lines) rather than taken from timm so that every matrix
+    is a plain ``nn.Linear`` with a stable name for tile mapping and adapters.
+    """
+
+    def __init__(self, n_classes: int, size: int = 16, patch: int = 4, channels: int = 20, hidden: int = 32,
+                 layers: int = 2) -> None:
+        super().__init__()
+        self.patch = patch
+        tokens = (size // patch) ** 2
+        self.embed = nn.Linear(patch * patch, channels)
+        self.blocks = nn.Sequential(*[MixerBlock(tokens, channels, hidden) for _ in range(layers)])
+        self.norm = nn.LayerNorm(channels)
+        self.head = nn.Linear(channels, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.patch
+        x = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
+        x = self.blocks(self.embed(x))
+        return self.head(self.norm(x).mean(dim=1))
+
+
+class FaceTask:
+    """Face recognition on AT&T / Olivetti / a photo folder / procedural faces."""
+
+    name = "face"
+    unit = "identity"
+
+    def defaults(self, quick: bool) -> TaskDefaults:
+        s = 0.3 if quick else 1.0
+
+        def cfg(steps: int, lr: float, bs: int = 32, every: int = 25) -> TrainConfig:
+            return TrainConfig(steps=max(10, int(steps * s)), lr=lr, batch_size=bs, eval_every=every)
+        return TaskDefaults(
+            learn=[0, 1, 2, 3, 4], forget=[2], add=[5], method="ga",
+            pretrain=cfg(800, 5e-3), unlearn_lora=cfg(200, 1e-2, every=10), unlearn_full=cfg(200, 2e-3, every=10),
+            learn_lora=cfg(300, 1e-2, every=10), learn_full=cfg(300, 2e-3, every=10),
+            rank=4, alpha=8.0, targets=["*channel_fc*", "head"], rehearsal_per_class=2, forget_weight=1.0, seeds=1 if quick else 3,
+            extra={"augment_copies": 4 if quick else 10})
+
+    def load(self, data_dir: str | None, seed: int, download: bool) -> faces.FaceSet:
+        return faces.load_faces(data_dir, size=16, seed=seed, download=download)
+
+    def split(self, ds: faces.FaceSet, labels: list[int], seed: int) -> dict[str, faces.FaceSet]:
+        return faces.split_by_photo(ds, labels, n_val=2, n_test=2, seed=seed)
+
+    def inputs(self, ds: faces.FaceSet) -> torch.Tensor:
+        return ds.images
+
+    def augment(self, ds: faces.FaceSet, generator: torch.Generator, copies: int = 10
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        aug = faces.augment_set(ds, copies, generator)
+        return torch.cat([ds.images, aug.images]), torch.cat([ds.labels, aug.labels])
+
+    def build_model(self, n_classes: int, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return FaceMixer(n_classes)

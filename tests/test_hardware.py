@@ -1,0 +1,326 @@
+"""Behaviour of tiles, converters, analogue layers and deployment."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from rmlora.device import load_preset
+from rmlora.errors import RmloraError
+from rmlora.hardware import (AnalogConv1d, AnalogConv2d, AnalogLinear, SimulatedChip, analog_layers, deploy,
+                             redeploy)
+from rmlora.hardware.converters import dac, levels, quantise
+
+RRAM = load_preset("rram-180nm")
+QUIET = RRAM.replace(read_noise_abs_uS=0.0, read_noise_rel=0.0, relax_sigma_floor_uS=0.0,
+                     relax_sigma_iter_uS=0.0, stuck_low_fraction=0.0, stuck_high_fraction=0.0)
+
+
+class SmallNet(nn.Module):
+    """Conv1d -> Conv2d -> Linear, a few hundred weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 5, 3, padding=1, stride=2)
+        self.fc = nn.Linear(5 * 4 * 4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        h = torch.relu(self.c1(x)).view(b, 4, 8, 8)
+        h = torch.relu(self.c2(h))
+        return self.fc(h.flatten(1))
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# ---------------------------------------------------------------------------
+# deployment on the ideal preset is exact
+# ---------------------------------------------------------------------------
+
+def test_ideal_deploy_reproduces_float_outputs():
+    torch.manual_seed(0)
+    model = SmallNet()
+    ref = copy.deepcopy(model)
+    chip = SimulatedChip("ideal", seed=0)
+    report = deploy(model, chip)
+    kinds = {type(m) for _, m in analog_layers(model)}
+    assert kinds == {AnalogConv1d, AnalogConv2d, AnalogLinear}
+    n_weights = sum(m.weight.numel() for m in ref.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)))
+    assert report.cells == n_weights  # offset mapping: one cell per weight
+    assert report.failed_cells == 0
+    x = torch.randn(3, 3, 64)
+    with torch.no_grad():
+        y, y_ref = model(x), ref(x)
+    assert y.shape == y_ref.shape
+    assert rel_err(y, y_ref) < 1e-5
+    # the float weights stay, frozen
+    for _, m in analog_layers(model):
+        assert not m.weight.requires_grad
+
+
+def test_rram_deploy_is_close_but_not_exact():
+    model = mlp(0)
+    ref = copy.deepcopy(model)
+    report = deploy(model, SimulatedChip("rram-180nm", seed=0))
+    x = torch.randn(64, 64)
+    with torch.no_grad():
+        err = rel_err(model(x), ref(x))
+    assert 0 < err < 0.5, err
+    s = report.summary()
+    assert s["mean_pulses_per_cell"] > 0 and s["programming_energy_J"] > 0 and s["programming_time_s"] > 0
+
+
+# ---------------------------------------------------------------------------
+# tiling
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mapping", ["offset", "differential"])
+def test_tiling_of_a_300x200_linear(mapping):
+    p = QUIET.replace(mapping=mapping)
+    chip = SimulatedChip(p, tile=(128, 128), seed=0)
+    layer = AnalogLinear.from_float(nn.Linear(300, 200), chip, "big")
+    h = layer.core.handle
+    rows, cols = 300, 200 * p.cells_per_weight
+    expected = math.ceil(300 / 128) * math.ceil(200 * p.cells_per_weight / 128)
+    assert (h.rows, h.cols) == (rows, cols)
+    assert len(h.placements) == expected == chip.tiles_used
+    assert len({pl.tile for pl in h.placements}) == expected
+    cover = torch.zeros(rows, cols, dtype=torch.int32)
+    for pl in h.placements:
+        assert 1 <= pl.rows <= 128 and 1 <= pl.cols <= 128
+        cover[pl.row0:pl.row0 + pl.rows, pl.col0:pl.col0 + pl.cols] += 1
+    assert int(cover.min()) == 1 and int(cover.max()) == 1
+    assert int(sum(pl.rows * pl.cols for pl in h.placements)) == rows * cols
+
+
+@pytest.mark.parametrize("mapping", ["offset", "differential"])
+def test_without_converters_the_layer_is_a_direct_matmul(mapping):
+    chip = SimulatedChip(QUIET.replace(mapping=mapping), seed=0, dac_bits=None, adc_bits=None, read_noise=False)
+    torch.manual_seed(1)
+    lin = AnalogLinear.from_float(nn.Linear(300, 200), chip, "l")
+    lin.program()
+    x = torch.randn(8, 300)
+    with torch.no_grad():
+        y = lin(x)
+    w_eff = lin.core.effective_weight()
+    assert torch.allclose(y, x @ w_eff.t() + lin.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_adc_error_is_bounded_per_tile():
+    """With an ADC, each (row tile, column tile) block is digitised separately with its own full scale;
+    the output error is at most the sum of half steps of the row tiles."""
+    bits = 6
+    chip = SimulatedChip(QUIET, seed=0, dac_bits=None, adc_bits=bits, read_noise=False)
+    torch.manual_seed(2)
+    lin = AnalogLinear.from_float(nn.Linear(300, 200, bias=False), chip, "l")
+    lin.program()
+    x = torch.randn(8, 300)
+    with torch.no_grad():
+        y = lin(x)
+    c, scale = lin.core.signed, lin.core.scale
+    bound = torch.zeros(8, 200)
+    for r0 in range(0, 300, 128):
+        part = x[:, r0:r0 + 128] @ c[r0:r0 + 128]  # µS·V partial currents of one row tile
+        for c0 in range(0, 200, 128):
+            fs = part[:, c0:c0 + 128].abs().max()
+            bound[:, c0:c0 + 128] += fs / levels(bits) / 2
+    exact = x @ lin.core.effective_weight().t()
+    err = (y - exact).abs()
+    assert bool((err <= bound / scale + 1e-5).all())
+    assert float(err.max()) > 0  # the ADC does quantise
+
+
+# ---------------------------------------------------------------------------
+# converters
+# ---------------------------------------------------------------------------
+
+@settings(deadline=None, max_examples=25)
+@given(bits=st.integers(2, 10), fs=st.floats(1e-3, 1e3), seed=st.integers(0, 2**31 - 1))
+def test_quantise_codes_range_and_error(bits, fs, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(2000, generator=gen) * 2 - 1) * 1.5 * fs  # half of it outside ±fs
+    q = quantise(x, fs, bits)
+    n = 2 ** (bits - 1) - 1
+    assert levels(bits) == n
+    step = fs / n
+    assert float(q.abs().max()) <= fs * (1 + 1e-5)
+    codes = torch.round(q / step)
+    assert torch.allclose(q, codes * step, atol=step * 1e-3)
+    assert float(codes.min()) >= -n and float(codes.max()) <= n
+    assert q.unique().numel() <= 2 * n + 1
+    inside = x.abs() <= fs
+    assert bool(((q - x)[inside].abs() <= step / 2 * (1 + 1e-4)).all())
+    # outside the range the converter clips to the end codes
+    assert torch.allclose(q[x > fs], torch.tensor(fs, dtype=q.dtype))
+    assert torch.allclose(q[x < -fs], torch.tensor(-fs, dtype=q.dtype))
+
+
+def test_quantise_without_bits_is_identity_and_needs_two_bits():
+    x = torch.randn(10)
+    assert torch.equal(quantise(x, 1.0, None), x)
+    assert torch.equal(dac(x, None), x)
+    with pytest.raises(ValueError):
+        levels(1)
+
+
+@settings(deadline=None, max_examples=25)
+@given(bits=st.integers(2, 10), seed=st.integers(0, 2**31 - 1), mag=st.floats(1e-3, 1e3))
+def test_dac_stays_within_the_input_range(bits, seed, mag):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 33, generator=gen) * mag
+    q = dac(x, bits)
+    fs = float(x.abs().max())
+    assert float(q.abs().max()) <= fs * (1 + 1e-5)
+    # the largest input is a full-scale code and is kept exactly (up to rounding)
+    i = int(x.abs().argmax())
+    assert float(q.flatten()[i]) == pytest.approx(float(x.flatten()[i]), rel=1e-5)
+    assert float((q - x).abs().max()) <= fs / levels(bits) / 2 * (1 + 1e-4)
+
+
+# ---------------------------------------------------------------------------
+# refusals
+# ---------------------------------------------------------------------------
+
+def test_running_out_of_tiles_raises():
+    chip = SimulatedChip("ideal", tile=(128, 128), n_tiles=2)
+    AnalogLinear.from_float(nn.Linear(128, 128), chip, "a")  # one tile
+    with pytest.raises(RmloraError, match="tiles"):
+        AnalogLinear.from_float(nn.Linear(200, 100), chip, "b")  # two tiles, one free
+    assert chip.tiles_used == 1
+    with pytest.raises(RmloraError, match="tiles"):
+        deploy(mlp(0), SimulatedChip("ideal", tile=(32, 32), n_tiles=4))
+
+
+def test_grouped_convolution_is_refused_before_anything_changes():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(4, 4, 3, groups=2))
+    chip = SimulatedChip("ideal")
+    with pytest.raises(RmloraError, match="group"):
+        deploy(model, chip)
+    assert type(model[0]) is nn.Linear and type(model[1]) is nn.Conv2d
+    assert chip.tiles_used == 0
+
+
+def test_nan_weights_refused_and_model_unchanged():
+    model = mlp(0)
+    with torch.no_grad():
+        model[2].weight[3, 5] = float("nan")
+    before = [type(m) for m in model]
+    chip = SimulatedChip("ideal")
+    with pytest.raises(RmloraError, match="NaN"):
+        deploy(model, chip)
+    assert [type(m) for m in model] == before
+    assert analog_layers(model) == []
+    assert chip.tiles_used == 0
+
+
+def test_redeploy_refuses_nan_weights():
+    model = mlp(0)
+    chip = SimulatedChip("ideal")
+    deploy(model, chip)
+    state = {k: v.clone() for k, v in chip.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("inf")
+    with pytest.raises(RmloraError):
+        redeploy(model, chip)
+    after = chip.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+
+
+# ---------------------------------------------------------------------------
+# incremental reprogramming
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["ideal", "rram-180nm"])
+def test_redeploy_programs_only_moved_cells(preset):
+    model = mlp(0)
+    chip = SimulatedChip(preset, seed=0)
+    first = deploy(model, chip)
+    assert first.programmed_cells == first.cells
+    again = redeploy(model, chip)
+    assert again.programmed_cells == 0
+    assert again.set_pulses + again.reset_pulses + again.verify_reads == 0
+    assert again.energy_J == 0
+    w = model[2].weight
+    row = w[7].abs()
+    j = int(row.argmin())  # not the row maximum: the scale of the output stays
+    with torch.no_grad():
+        w[7, j] += 0.5 * float(row.max() - row[j])
+    third = redeploy(model, chip)
+    assert third.programmed_cells == 1  # offset mapping: one cell per weight
+    assert third.cells == first.cells
+
+
+def test_redeploy_reaches_the_new_weights_on_the_ideal_preset():
+    model = mlp(0)
+    chip = SimulatedChip("ideal")
+    deploy(model, chip)
+    with torch.no_grad():
+        model[0].weight.mul_(0.5)
+    redeploy(model, chip)
+    x = torch.randn(16, 64)
+    ref = mlp(0)
+    with torch.no_grad():
+        ref[0].weight.mul_(0.5)
+        assert rel_err(model(x), ref(x)) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# gradients through analogue layers
+# ---------------------------------------------------------------------------
+
+def test_input_gradient_through_analogue_linear_is_w_eff_transposed():
+    chip = SimulatedChip("ideal")
+    torch.manual_seed(3)
+    lin = AnalogLinear.from_float(nn.Linear(20, 7), chip, "l")
+    lin.program()
+    x = torch.randn(5, 20, requires_grad=True)
+    gy = torch.randn(5, 7)
+    lin(x).backward(gy)
+    assert x.grad is not None
+    w_eff = lin.core.effective_weight()  # (out, in)
+    assert torch.allclose(x.grad, gy @ w_eff, atol=1e-5)
+    assert lin.weight.grad is None  # analogue weights are frozen
+
+
+def test_input_gradient_through_conv_layers():
+    torch.manual_seed(4)
+    model = SmallNet()
+    ref = copy.deepcopy(model)
+    deploy(model, SimulatedChip("ideal"))
+    x = torch.randn(2, 3, 64, requires_grad=True)
+    model(x).square().sum().backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref(x_ref).square().sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+
+    noisy = copy.deepcopy(ref)
+    deploy(noisy, SimulatedChip("rram-180nm", seed=0))
+    x2 = x.detach().clone().requires_grad_(True)
+    noisy(x2).square().sum().backward()
+    assert x2.grad is not None and bool(torch.isfinite(x2.grad).all()) and float(x2.grad.abs().sum()) > 0
+
+
+def test_weight_gradient_when_the_weight_is_trained():
+    chip = SimulatedChip("ideal")
+    torch.manual_seed(5)
+    lin = AnalogLinear.from_float(nn.Linear(6, 3), chip, "l")
+    lin.program()
+    lin.weight.requires_grad_(True)
+    x = torch.randn(4, 6)
+    gy = torch.randn(4, 3)
+    lin(x).backward(gy)
+    assert torch.allclose(lin.weight.grad, gy.t() @ x, atol=1e-6)
