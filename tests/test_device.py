@@ -144,8 +144,8 @@ def test_without_faults_every_cell_converges_given_enough_pulses(n, seed, tol, n
        low=st.floats(0.0, 0.4), high=st.floats(0.0, 0.4), noise=st.booleans())
 def test_with_stuck_faults_only_unreachable_cells_fail(n, seed, tol, low, high, noise):
     # floor and ceiling at the window edges: some stuck cells sit within tolerance of their target
-    # 300 pulses: healthy cells need < 80 here (50,000 cells measured), stuck ones use them all
-    p = NO_RELAX.replace(tolerance_uS=tol, max_pulses=300, stuck_low_fraction=low, stuck_high_fraction=high,
+    # 150 pulses: healthy cells need < 80 here (50,000 cells measured), stuck ones use them all
+    p = NO_RELAX.replace(tolerance_uS=tol, max_pulses=150, stuck_low_fraction=low, stuck_high_fraction=high,
                          g_floor_uS=RRAM.g_min_uS, g_ceil_uS=RRAM.g_max_uS + 10.0)
     if not noise:
         p = p.replace(read_noise_abs_uS=0.0, read_noise_rel=0.0)

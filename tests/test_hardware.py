@@ -111,7 +111,7 @@ def test_tiling_of_a_300x200_linear(mapping):
 def test_without_converters_the_layer_is_a_direct_matmul(mapping):
     chip = SimulatedChip(QUIET.replace(mapping=mapping), seed=0, dac_bits=None, adc_bits=None, read_noise=False)
     torch.manual_seed(1)
-    lin = AnalogLinear.from_float(nn.Linear(300, 200), chip, "l")
+    lin = AnalogLinear.from_float(nn.Linear(300, 140), chip, "l")  # 3 row tiles, 2 or 3 column tiles
     lin.program()
     x = torch.randn(8, 300)
     with torch.no_grad():
@@ -126,16 +126,16 @@ def test_tiled_adc_error_is_bounded_per_tile():
     bits = 6
     chip = SimulatedChip(QUIET, seed=0, dac_bits=None, adc_bits=bits, read_noise=False)
     torch.manual_seed(2)
-    lin = AnalogLinear.from_float(nn.Linear(300, 200, bias=False), chip, "l")
+    lin = AnalogLinear.from_float(nn.Linear(300, 140, bias=False), chip, "l")
     lin.program()
     x = torch.randn(8, 300)
     with torch.no_grad():
         y = lin(x)
     c, scale = lin.core.signed, lin.core.scale
-    bound = torch.zeros(8, 200)
+    bound = torch.zeros(8, 140)
     for r0 in range(0, 300, 128):
         part = x[:, r0:r0 + 128] @ c[r0:r0 + 128]  # µS·V partial currents of one row tile
-        for c0 in range(0, 200, 128):
+        for c0 in range(0, 140, 128):
             fs = part[:, c0:c0 + 128].abs().max()
             bound[:, c0:c0 + 128] += fs / levels(bits) / 2
     exact = x @ lin.core.effective_weight().t()
@@ -203,6 +203,19 @@ def test_running_out_of_tiles_raises():
     assert chip.tiles_used == 1
     with pytest.raises(RmloraError, match="tiles"):
         deploy(mlp(0), SimulatedChip("ideal", tile=(32, 32), n_tiles=4))
+
+
+def test_running_out_of_tiles_leaves_the_model_usable():
+    """The refusal comes after the first layer fit: the model must not be left half on the chip."""
+    model = mlp(0)
+    ref = copy.deepcopy(model)
+    chip = SimulatedChip("ideal", tile=(128, 128), n_tiles=2)  # layers need 1 + 1 + 1 tiles
+    with pytest.raises(RmloraError, match="tiles"):
+        deploy(model, chip)
+    assert [type(m) for m in model] == [type(m) for m in ref]
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
 
 
 def test_grouped_convolution_is_refused_before_anything_changes():

@@ -108,9 +108,11 @@ def _idents(value: str | None) -> list[str] | None:
 @click.option("--pretrained", type=click.Path(), default=None, help="pretrained.safetensors of an earlier run")
 @click.option("--quick", is_flag=True, help="short run for tests and a first look")
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True)
+@click.option("--threads", default=1, show_default=True,
+              help="torch CPU threads (the workloads' small matrices run fastest on one)")
 @click.option("--no-progress", is_flag=True)
 def demo(task, data_dir, download, learn, forget, add_, method, preset, profile, seed, seeds, pretrained, quick,
-         out, no_progress) -> None:
+         out, threads, no_progress) -> None:
     """Learn, deploy, forget, add: adapter path vs full update vs retraining."""
     from rmlora.pipeline import DemoConfig, run_demo
     from rmlora.report import costs_table, metrics_table
@@ -119,7 +121,8 @@ def demo(task, data_dir, download, learn, forget, add_, method, preset, profile,
         raise RmloraError("--seeds must be >= 1")
     cfg = DemoConfig(task=task, out=out, data_dir=data_dir, download=download, learn=_idents(learn),
                      forget=_idents(forget), add=_idents(add_), method=method, preset=preset, profile=profile,
-                     seed=seed, seeds=seeds, quick=quick, pretrained=pretrained, progress=not no_progress)
+                     seed=seed, seeds=seeds, quick=quick, pretrained=pretrained, progress=not no_progress,
+                     threads=threads)
     if cfg.forget == []:
         raise RmloraError("the forget set is empty: name at least one learned class")
     s = run_demo(cfg)

@@ -27,7 +27,7 @@ from rmlora.errors import RmloraError
 from rmlora.hardware import SimulatedChip, deploy
 from rmlora.methods import Batches, TrainConfig, fit, make_objective, snapshot
 from rmlora.methods.paths import AdapterPath, FullPath
-from rmlora.metrics import accuracy, accuracy_matrix_summary, forget_mia_auc, mia_efficacy
+from rmlora.metrics import accuracy, accuracy_matrix_summary, forget_mia_auc, mia_efficacy, per_sample_loss
 from rmlora.runinfo import new_run_dir, seed_everything, versions, write_json
 from rmlora.tasks.base import Task, TaskDefaults
 
@@ -55,6 +55,7 @@ class DemoConfig:
     quick: bool = False
     pretrained: str | None = None
     progress: bool = True
+    threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,6 +145,16 @@ def _val_acc(model: nn.Module, xy: tuple[torch.Tensor, torch.Tensor]) -> float:
     return 0.0 if math.isnan(a) else a
 
 
+def _val_loss(model: nn.Module, xy: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Mean cross-entropy (nats): breaks ties between checkpoints of equal accuracy."""
+    if len(xy[1]) == 0:
+        return 0.0
+    return float(per_sample_loss(model, *xy).clamp(max=20).mean())
+
+
+TIE = 0.01  # weight of the validation loss in the selection scores (accuracy dominates)
+
+
 # --------------------------------------------------------------------------- training helpers
 def train_float(task: Task, model: nn.Module, d: Data, classes: list[int], cfg: TrainConfig, progress: bool,
                 desc: str) -> dict:
@@ -155,7 +166,8 @@ def train_float(task: Task, model: nn.Module, d: Data, classes: list[int], cfg: 
     def loss(step: int) -> torch.Tensor:
         xb, yb = batches.sample()
         return F.cross_entropy(model(xb), yb)
-    return fit(model, list(model.parameters()), loss, cfg, score_fn=lambda: _val_acc(model, val), desc=desc,
+    return fit(model, list(model.parameters()), loss, cfg,
+               score_fn=lambda: _val_acc(model, val) - TIE * _val_loss(model, val), desc=desc,
                progress=progress)
 
 
@@ -221,7 +233,8 @@ def run_seed(task: Task, ds, learn: list[int], forget: list[int], add: list[int]
     f_label = "forget-" + "-".join(names)
 
     def forget_score(m: nn.Module) -> float:
-        return _val_acc(m, v_ret) - 0.5 * (_val_acc(m, v_forget) + _val_acc(m, df_plain))
+        return (_val_acc(m, v_ret) - 0.5 * (_val_acc(m, v_forget) + _val_acc(m, df_plain))
+                - TIE * _val_loss(m, v_ret))
 
     def forget_loss(m: nn.Module):
         teacher = snapshot(m) if method == "scrub" else None
@@ -248,7 +261,8 @@ def run_seed(task: Task, ds, learn: list[int], forget: list[int], add: list[int]
     n_label = "learn-" + "-".join(ds.names[c] for c in add)
 
     def learn_score(m: nn.Module) -> float:
-        return 0.5 * (_val_acc(m, v_new) + _val_acc(m, v_ret)) - _val_acc(m, v_forget)
+        return (0.5 * (_val_acc(m, v_new) + _val_acc(m, v_ret)) - _val_acc(m, v_forget)
+                - TIE * 0.5 * (_val_loss(m, v_new) + _val_loss(m, v_ret)))
 
     def learn_loss(m: nn.Module):
         batches = Batches(x_new, y_new, d_.pretrain.batch_size, gen)
@@ -370,20 +384,47 @@ def resolve_scenario(task: Task, ds, d_: TaskDefaults, cfg: DemoConfig) -> tuple
     return learn, forget, add
 
 
+def check_sram(task: Task, d_: TaskDefaults, n_learn: int, n_add: int, profile) -> int:
+    """Refuse, before anything runs, a scenario whose adapters cannot fit the SRAM.
+
+    Counts the forget adapter, the learn adapter and the new digital rows at 8 bits
+    (plus one 32-bit scale per tensor); returns the bits needed.
+    """
+    import fnmatch
+
+    from rmlora.adapters.sram import SramBuffer
+    model = task.build_model(n_learn, 0)
+    per_adapter = 0
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and (
+                d_.targets is None or any(fnmatch.fnmatch(name, pat) for pat in d_.targets)):
+            per_adapter += d_.rank * (m.weight[0].numel() + m.weight.shape[0]) * 8 + 64
+    head_in = model.head.weight.shape[1]
+    sram = SramBuffer(profile.sram_capacity_bits)
+    sram.allocate("forget adapter", per_adapter)
+    sram.allocate("learn adapter", per_adapter)
+    sram.allocate("digital rows", head_in * n_add * 8 + n_add * 32)
+    return sram.used_bits
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the scenario over ``seeds`` seeds and write the run folder; returns the summary."""
     task = get_task(cfg.task)
     d_ = task.defaults(cfg.quick)
     method = cfg.method or d_.method
+    if cfg.threads < 1:
+        raise RmloraError("--threads must be >= 1")
+    torch.set_num_threads(cfg.threads)
     from rmlora.methods import METHODS
     if method not in METHODS:
         raise RmloraError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    load_profile(cfg.profile)
+    profile = load_profile(cfg.profile)
     SimulatedChip(cfg.preset)  # validates the preset before anything is written
     if cfg.pretrained and not Path(cfg.pretrained).exists():
         raise RmloraError(f"checkpoint {cfg.pretrained} does not exist")
     ds = task.load(cfg.data_dir, cfg.seed, cfg.download)
     learn, forget, add = resolve_scenario(task, ds, d_, cfg)
+    check_sram(task, d_, len(learn), len(add), profile)
     if cfg.pretrained:
         load_weights(task.build_model(len(learn), cfg.seed), cfg.pretrained)
     out = new_run_dir(cfg.out)

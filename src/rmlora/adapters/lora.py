@@ -48,6 +48,13 @@ def analog_targets(model: nn.Module) -> list[str]:
     return out
 
 
+def _digital_twin(m: nn.Module) -> nn.Module:
+    """A plain torch layer with the weights of an (unprogrammed) analogue one."""
+    base = next(c for c in type(m).__mro__ if c in (nn.Linear, nn.Conv1d, nn.Conv2d))
+    m.__class__ = base  # the analogue subclasses add no state before deployment
+    return m
+
+
 def _registry(model: nn.Module) -> dict[str, AdapterSpec]:
     if not hasattr(model, "_rmlora_adapters"):
         model._rmlora_adapters = {}
@@ -101,6 +108,8 @@ def add_adapter(model: nn.Module, name: str, *, r: int = 4, alpha: float = 8.0, 
         inject_adapter_in_model(cfg, model, adapter_name=name)
     for layer in lora_layers(model):
         for d in (layer.lora_A, layer.lora_B):
+            if name in d and isinstance(d[name], AnalogLayer):
+                d[name] = _digital_twin(d[name])  # peft copies the base class: A and B are digital
             if name in d and not parametrize.is_parametrized(d[name], "weight"):
                 parametrize.register_parametrization(d[name], "weight", FakeQuant(bits))
     spec = AdapterSpec(name, r, float(alpha), bits, tuple(targets))
@@ -110,6 +119,7 @@ def add_adapter(model: nn.Module, name: str, *, r: int = 4, alpha: float = 8.0, 
             sram.allocate(name, adapter_bits(model, name))
         except RmloraError:
             delete_adapter(model, name)
+            set_active(model, active_before)
             raise
     set_active(model, active_before + [name], trainable=name)
     return spec

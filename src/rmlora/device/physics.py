@@ -92,20 +92,21 @@ def program(g0: torch.Tensor, target: torch.Tensor, d2d: torch.Tensor, stuck: to
     """
     target = quantise_levels(target.float(), p)
     n = target.numel()
-    if p.programming == "exact":
-        g = torch.where(stuck == 0, target, g0)
-        zeros = torch.zeros(n, dtype=torch.int16)
-        conv = (g - target).abs() <= max(p.tolerance_uS, 1e-6)
-        return WriteVerifyResult(g, target, zeros, zeros.clone(), zeros.clone(), conv)
-    out_g = torch.empty(n)
-    sp = torch.empty(n, dtype=torch.int16)
-    rp = torch.empty(n, dtype=torch.int16)
-    vr = torch.empty(n, dtype=torch.int16)
-    cv = torch.empty(n, dtype=torch.bool)
-    for s in range(0, n, _CHUNK):
-        e = min(n, s + _CHUNK)
-        _program_chunk(g0[s:e], target[s:e], d2d[s:e], stuck[s:e], p, generator,
-                       out_g[s:e], sp[s:e], rp[s:e], vr[s:e], cv[s:e])
+    if p.programming == "exact":  # written exactly (then relaxed, if the preset says so)
+        out_g = torch.where(stuck == 0, target, g0)
+        sp = torch.zeros(n, dtype=torch.int16)
+        rp, vr = sp.clone(), sp.clone()
+        cv = (out_g - target).abs() <= max(p.tolerance_uS, 1e-6)
+    else:
+        out_g = torch.empty(n)
+        sp = torch.empty(n, dtype=torch.int16)
+        rp = torch.empty(n, dtype=torch.int16)
+        vr = torch.empty(n, dtype=torch.int16)
+        cv = torch.empty(n, dtype=torch.bool)
+        for s in range(0, n, _CHUNK):
+            e = min(n, s + _CHUNK)
+            _program_chunk(g0[s:e], target[s:e], d2d[s:e], stuck[s:e], p, generator,
+                           out_g[s:e], sp[s:e], rp[s:e], vr[s:e], cv[s:e])
     # relaxation right after programming: spread shrinking with verify iterations
     if p.relax_sigma_floor_uS > 0 or p.relax_sigma_iter_uS > 0:
         sigma = p.relax_sigma_floor_uS + p.relax_sigma_iter_uS / vr.float().clamp_min(1).sqrt()

@@ -78,9 +78,13 @@ class Chip(ABC):
     def allocate(self, name: str, rows: int, cols: int) -> ArrayHandle: ...
 
     @abstractmethod
+    def program_many(self, jobs: list[tuple[ArrayHandle, torch.Tensor]]) -> list[ProgramStats]:
+        """Write-verify each array to its ``targets_uS`` (rows, cols); cells whose target did
+        not move beyond the tolerance since the last call are left alone."""
+
     def program(self, handle: ArrayHandle, targets_uS: torch.Tensor) -> ProgramStats:
-        """Write-verify ``targets_uS`` (rows, cols); cells whose target did not move
-        beyond the tolerance since the last call are left alone."""
+        """Write-verify one array (see :meth:`program_many`)."""
+        return self.program_many([(handle, targets_uS)])[0]
 
     @abstractmethod
     def conductance(self, handle: ArrayHandle) -> torch.Tensor:
@@ -122,6 +126,15 @@ class SimulatedChip(Chip):
     def tiles_used(self) -> int:
         return self._tiles_used
 
+    def tiles_for(self, rows: int, cols: int) -> int:
+        """Tiles a rows x cols matrix of cells occupies."""
+        return math.ceil(rows / self.tile_rows) * math.ceil(cols / self.tile_cols)
+
+    @property
+    def free_tiles(self) -> int | None:
+        """Tiles still free (None: unbounded)."""
+        return None if self.n_tiles is None else self.n_tiles - self._tiles_used
+
     def has(self, name: str) -> bool:
         return name in self._handles
 
@@ -151,20 +164,32 @@ class SimulatedChip(Chip):
         return h
 
     # -- programming -------------------------------------------------------
-    def program(self, handle: ArrayHandle, targets_uS: torch.Tensor) -> ProgramStats:
-        st = self._arrays[handle.name]
-        t = physics.quantise_levels(targets_uS.detach().float().reshape(-1).cpu(), self.device)
-        if t.numel() != handle.cells:
-            raise RmloraError(f"{handle.name}: {t.numel()} targets for {handle.cells} cells")
-        prev = st["target"]
-        moved = torch.isnan(prev) | ((t - prev).abs() > self.device.tolerance_uS)
-        idx = moved.nonzero().squeeze(1)
-        res = physics.program(st["g"][idx], t[idx], st["d2d"][idx], st["stuck"][idx], self.device, self.generator)
-        st["g"][idx] = res.g
-        st["target"][idx] = res.target
-        return ProgramStats(handle.name, handle.cells, int(idx.numel()), int(res.set_pulses.sum()),
-                            int(res.reset_pulses.sum()), int(res.verify_reads.sum()),
-                            int((~res.converged).sum()), res.error[res.converged], res.pulses)
+    def program_many(self, jobs: list[tuple[ArrayHandle, torch.Tensor]]) -> list[ProgramStats]:
+        """Program several arrays in one vectorised write-verify run (one loop for all cells)."""
+        sel, parts = [], []
+        for handle, targets_uS in jobs:
+            st = self._arrays[handle.name]
+            t = physics.quantise_levels(targets_uS.detach().float().reshape(-1).cpu(), self.device)
+            if t.numel() != handle.cells:
+                raise RmloraError(f"{handle.name}: {t.numel()} targets for {handle.cells} cells")
+            prev = st["target"]
+            moved = torch.isnan(prev) | ((t - prev).abs() > self.device.tolerance_uS)
+            idx = moved.nonzero().squeeze(1)
+            sel.append((handle, st, idx))
+            parts.append((st["g"][idx], t[idx], st["d2d"][idx], st["stuck"][idx]))
+        g0, t, d2d, stuck = (torch.cat([p[k] for p in parts]) for k in range(4))
+        res = physics.program(g0, t, d2d, stuck, self.device, self.generator)
+        out, start = [], 0
+        for handle, st, idx in sel:
+            k = slice(start, start + idx.numel())
+            start += idx.numel()
+            st["g"][idx] = res.g[k]
+            st["target"][idx] = res.target[k]
+            conv = res.converged[k]
+            out.append(ProgramStats(handle.name, handle.cells, int(idx.numel()), int(res.set_pulses[k].sum()),
+                                    int(res.reset_pulses[k].sum()), int(res.verify_reads[k].sum()),
+                                    int((~conv).sum()), (res.g[k] - res.target[k])[conv], res.pulses[k]))
+        return out
 
     def conductance(self, handle: ArrayHandle) -> torch.Tensor:
         return self._arrays[handle.name]["g"].view(handle.rows, handle.cols).to(self.torch_device)

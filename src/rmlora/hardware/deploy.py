@@ -124,13 +124,27 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
             targets.append((m, child_name, full, child, cls))
     if not targets:
         raise RmloraError("the model has no Linear/Conv1d/Conv2d layer to deploy")
+    free = getattr(chip, "free_tiles", None)
+    if free is not None:  # refuse before swapping anything, so the model stays usable
+        cpw = chip.device.cells_per_weight
+        need = sum(chip.tiles_for(c.weight[0].numel(), c.weight.shape[0] * cpw) for *_, c, _ in targets)
+        if need > free:
+            raise RmloraError(f"the model needs {need} tiles of {chip.tile_rows}x{chip.tile_cols} but the chip has "
+                              f"{free} free; nothing was deployed")
     swapped = []
     for parent, child_name, full, child, cls in targets:
         new = cls.from_float(child, chip, full)
         setattr(parent, child_name, new)
         swapped.append(new)
-    stats = [m.program() for m in swapped]
-    return report_from(stats, chip, profile)
+    return report_from(program_layers(swapped, chip), chip, profile)
+
+
+def program_layers(layers: list[AnalogLayer], chip: Chip) -> list[ProgramStats]:
+    """Write-verify the layers' current weights in one run over all their cells."""
+    stats = chip.program_many([(m.core.handle, m.core.targets(m.matrix())) for m in layers])
+    for m in layers:
+        m.core.refresh()
+    return stats
 
 
 def redeploy(model: nn.Module, chip: Chip, profile: TechProfile | str = "cmos-180nm") -> ProgrammingReport:
@@ -143,7 +157,7 @@ def redeploy(model: nn.Module, chip: Chip, profile: TechProfile | str = "cmos-18
     for name, m in layers:
         if not torch.isfinite(m.weight).all():
             raise RmloraError(f"{name}: weights contain NaN or infinite values; nothing was reprogrammed")
-    return report_from([m.program() for _, m in layers], chip, profile)
+    return report_from(program_layers([m for _, m in layers], chip), chip, profile)
 
 
 def program_onto(chip: Chip, model: nn.Module, profile: TechProfile | str = "cmos-180nm") -> ProgrammingReport:
@@ -153,10 +167,9 @@ def program_onto(chip: Chip, model: nn.Module, profile: TechProfile | str = "cmo
     from rmlora.device import mapping
 
     profile = load_profile(profile) if isinstance(profile, str) else profile
-    stats = []
+    jobs = []
     for _, m in analog_layers(model):
         h = m.core.handle
         handle = chip.handle(h.name) if chip.has(h.name) else chip.allocate(h.name, h.rows, h.cols)
-        w = m.weight.detach().flatten(1)
-        stats.append(chip.program(handle, mapping.to_conductance(w, m.core.scale, chip.device)))
-    return report_from(stats, chip, profile)
+        jobs.append((handle, mapping.to_conductance(m.matrix(), m.core.scale, chip.device)))
+    return report_from(chip.program_many(jobs), chip, profile)

@@ -42,11 +42,16 @@ class CrossbarCore:
         self.signed: torch.Tensor | None = None  # (in, out) µS: G − g_ref or G+ − G−
         self.sigma: torch.Tensor | None = None  # (in, out) µS read noise of ``signed``
 
-    def program(self, weight: torch.Tensor) -> ProgramStats:
-        """Program ``weight`` (out, in); keeps the previous scale while the weights fit it."""
+    def targets(self, weight: torch.Tensor) -> torch.Tensor:
+        """Target conductances (µS) for ``weight`` (out, in); keeps the previous scale
+        while the weights fit it, so that unchanged weights keep their targets."""
         need = mapping.output_scale(weight, self.p)
         self.scale = need if self.scale is None else torch.minimum(self.scale, need)
-        stats = self.chip.program(self.handle, mapping.to_conductance(weight, self.scale, self.p))
+        return mapping.to_conductance(weight, self.scale, self.p)
+
+    def program(self, weight: torch.Tensor) -> ProgramStats:
+        """Write-verify ``weight`` (out, in) into this layer's cells."""
+        stats = self.chip.program(self.handle, self.targets(weight))
         self.refresh()
         return stats
 
@@ -132,8 +137,12 @@ class AnalogLayer:
     core: CrossbarCore
     ledger = None  # a rmlora.costs.Ledger while counting
 
+    def matrix(self) -> torch.Tensor:
+        """The float weights as the crossbar's (out, in) matrix."""
+        return self.weight.detach().flatten(1)
+
     def program(self) -> ProgramStats:
-        return self.core.program(self.weight.detach())
+        return self.core.program(self.matrix())
 
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
         if self.ledger is not None:
@@ -195,9 +204,6 @@ class AnalogConv2d(nn.Conv2d, AnalogLayer):
         new.core = CrossbarCore(chip, name, conv.out_channels, conv.weight[0].numel())
         return new
 
-    def program(self) -> ProgramStats:
-        return self.core.program(self.weight.detach().flatten(1))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, CKK, L)
@@ -222,9 +228,6 @@ class AnalogConv1d(nn.Conv1d, AnalogLayer):
         _adopt(new, conv)
         new.core = CrossbarCore(chip, name, conv.out_channels, conv.weight[0].numel())
         return new
-
-    def program(self) -> ProgramStats:
-        return self.core.program(self.weight.detach().flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, length = x.shape

@@ -74,7 +74,8 @@ class FaceTask:
             learn=[0, 1, 2, 3, 4], forget=[2], add=[5], method="ga",
             pretrain=cfg(800, 5e-3), unlearn_lora=cfg(200, 1e-2, every=10), unlearn_full=cfg(200, 2e-3, every=10),
             learn_lora=cfg(300, 1e-2, every=10), learn_full=cfg(300, 2e-3, every=10),
-            rank=4, alpha=8.0, targets=["*channel_fc*", "head"], rehearsal_per_class=2, forget_weight=1.0, seeds=1 if quick else 3,
+            rank=4, alpha=8.0, targets=["*channel_fc*", "head"], rehearsal_per_class=3, forget_weight=1.0,
+            seeds=1 if quick else 5,
             extra={"augment_copies": 4 if quick else 10})
 
     def load(self, data_dir: str | None, seed: int, download: bool) -> faces.FaceSet:

@@ -1,0 +1,154 @@
+"""The main job end to end: `rmlora demo --quick` on real AT&T photos and on procedural faces."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from rmlora import records
+from rmlora.cli import main
+
+DATA = Path(os.environ.get("RMLORA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+PATH_KEYS = ("forget_acc", "retain_acc", "test_acc", "new_class_acc", "mia_auc")
+COST_KEYS = ("training_cost_J", "deployment_overhead_J", "deployment_time_s", "inference_energy_J")
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(main, ["demo", "--quick", "--no-progress", *args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def att_run(tmp_path_factory):
+    if not (DATA / "att_faces").is_dir():
+        pytest.skip(f"AT&T faces not found under {DATA}")
+    out = tmp_path_factory.mktemp("att") / "run"
+    res = _run(["--data-dir", str(DATA), "--out", str(out), "--seeds", "1"])
+    assert res.exit_code == 0, res.output
+    return out, res
+
+
+def test_summary_has_the_documented_keys(att_run):
+    out, _ = att_run
+    s = json.loads((out / "summary.json").read_text())
+    assert s["dataset"]["kind"] == "att" and "att_faces" in s["dataset"]["source"]
+    assert s["preset"] == "rram-180nm" and s["seed"] == 0 and "torch" in s["versions"]
+    assert s["scenario"] == {"learn": ["s1", "s2", "s3", "s4", "s5"], "forget": ["s3"], "add": ["s6"],
+                             "method": "ga", "quick": True}
+    for p in ("lora", "full", "retrain"):
+        for k in PATH_KEYS:
+            assert k in s[p]
+    for p in ("lora", "full"):
+        for k in COST_KEYS:
+            assert s[p]["costs"][k] > 0
+    for k in ("training_cost", "deployment_overhead", "inference_energy"):
+        assert s["ratios"][k] > 0
+
+
+def test_adapter_path_forgets_and_learns(att_run):
+    out, _ = att_run
+    s = json.loads((out / "summary.json").read_text())
+    # identity s3 is recognised before and not after forgetting; s6 is learned
+    assert s["pretrained"]["forget_acc"] >= 0.5
+    assert s["lora"]["after_forget"]["forget_acc"] <= 0.2
+    assert s["lora"]["forget_acc"] <= 0.2  # still forgotten after learning s6
+    assert s["lora"]["new_class_acc"] >= 0.5
+    assert s["lora"]["retain_acc"] >= 0.7
+
+
+def test_adapter_deployment_never_reprograms_cells(att_run):
+    out, _ = att_run
+    s = json.loads((out / "summary.json").read_text())
+    # the adapter path only writes SRAM: no pulse energy in its deployment, so it is far cheaper in time
+    assert s["lora"]["costs"]["deployment_time_s"] < s["full"]["costs"]["deployment_time_s"]
+    assert s["full"]["reprogrammed_cells_during_training"] > 0
+
+
+def test_run_folder_files(att_run):
+    out, res = att_run
+    for f in ("report.md", "summary.json", "run.json", "per_seed.json", "deletion_ledger.jsonl",
+              "accuracy_stages.png", "accuracy_per_class.png", "costs.png"):
+        assert (out / f).is_file(), f
+    w = out / "weights"
+    adapter = load_file(str(w / "adapter-forget-s3.safetensors"))
+    assert any(k.endswith(".codes") for k in adapter)
+    assert all(v.dtype.is_floating_point is False for k, v in adapter.items() if k.endswith(".codes"))
+    assert (w / "pretrained.safetensors").is_file() and (w / "chip-cells.safetensors").is_file()
+    entries = records.verify(out / "deletion_ledger.jsonl")
+    assert len(entries) == 1 and entries[0]["forgotten"] == ["s3"]
+    assert "| adapter path (LoRA) |" in res.output and "report.md" in res.output
+    report = (out / "report.md").read_text()
+    assert "accuracy_stages.png" in report and "147.76" in report
+
+
+def test_existing_run_is_not_overwritten(att_run):
+    out, _ = att_run
+    before = (out / "summary.json").read_bytes()
+    res = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out)])
+    assert res.exit_code == 2
+    assert "already holds a run" in res.output
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_pretrained_checkpoint_is_reused_and_checked(att_run, tmp_path):
+    out, _ = att_run
+    # a mismatched checkpoint (a model with another number of classes) is refused before any output
+    res = _run(["--data-dir", str(DATA), "--learn", "0,1,2", "--forget", "1", "--add", "3",
+                "--pretrained", str(out / "weights" / "pretrained.safetensors"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "does not match" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_ledger_detects_tampering(att_run, tmp_path):
+    out, _ = att_run
+    text = (out / "deletion_ledger.jsonl").read_text().replace('"s3"', '"s4"')
+    (tmp_path / "l.jsonl").write_text(text)
+    with pytest.raises(Exception, match="altered"):
+        records.verify(tmp_path / "l.jsonl")
+
+
+def test_procedural_faces_when_no_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("RMLORA_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "sk"))
+    res = _run(["--out", str(tmp_path / "p"), "--seeds", "1", "--forget", "proc-1", "--method", "relabel"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["dataset"]["kind"] == "procedural"
+    assert s["scenario"]["forget"] == ["proc-1"] and s["scenario"]["method"] == "relabel"
+    assert s["lora"]["after_forget"]["forget_acc"] < s["pretrained"]["forget_acc"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--forget", "s99"], "unknown identity"),
+    (["--forget", "0,1,2,3,4"], "cannot forget every learned"),
+    (["--forget", "7"], "must name learned"),
+    (["--add", "1"], "not learned yet"),
+    (["--method", "nope"], "unknown method"),
+    (["--preset", "nope"], "unknown device preset"),
+])
+def test_bad_scenarios_fail_with_one_line_and_write_nothing(tmp_path, args, message):
+    if not (DATA / "att_faces").is_dir():
+        pytest.skip("AT&T faces not found")
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["demo", "--quick", "--data-dir", str(DATA), "--out", str(out), *args])
+    assert res.exit_code == 2
+    assert message in res.output
+    assert res.output.strip().count("\n") == 0 and res.output.startswith("error:")
+    assert not out.exists()
+
+
+def test_missing_data_folder_and_tiny_sram(tmp_path):
+    res = CliRunner().invoke(main, ["demo", "--quick", "--data-dir", str(tmp_path / "none"), "--out",
+                                    str(tmp_path / "r")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    prof = json.loads((Path(__file__).resolve().parents[1] / "src/rmlora/costs/profiles/cmos-180nm.json").read_text())
+    prof["constants"]["sram_capacity_bits"]["value"] = 1000
+    (tmp_path / "tiny.json").write_text(json.dumps(prof))
+    res = CliRunner().invoke(main, ["demo", "--quick", "--profile", str(tmp_path / "tiny.json"), "--out",
+                                    str(tmp_path / "r")])
+    assert res.exit_code == 2 and "needs" in res.output and "SRAM" in res.output
+    assert not (tmp_path / "r").exists()
