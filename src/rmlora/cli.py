@@ -93,7 +93,8 @@ def _idents(value: str | None) -> list[str] | None:
 
 
 @main.command("demo")
-@click.option("--task", type=click.Choice(["face"]), default="face", show_default=True)
+@click.option("--task", type=click.Choice(["face", "speaker"]), default="face", show_default=True,
+              help="face: AT&T/Olivetti photos; speaker: FSDD recordings as spike trains")
 @click.option("--data-dir", type=click.Path(), default=None,
               help="real data folder (default: $RMLORA_DATA_DIR, else built-in procedural data)")
 @click.option("--download", is_flag=True, help="download the real dataset if it is not found")

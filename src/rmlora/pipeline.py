@@ -8,6 +8,7 @@ validation data; test data is only ever evaluated.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rmlora import records
-from rmlora.adapters import save_adapter
+from rmlora.adapters import SramBuffer, save_adapter
 from rmlora.costs import Ledger, cost_figures, counting, load_profile, ratios
 from rmlora.errors import RmloraError
 from rmlora.hardware import SimulatedChip, deploy
-from rmlora.methods import Batches, TrainConfig, fit, make_objective, snapshot
+from rmlora.methods import METHODS, Batches, TrainConfig, fit, make_objective, snapshot
 from rmlora.methods.paths import AdapterPath, FullPath
-from rmlora.metrics import accuracy, accuracy_matrix_summary, forget_mia_auc, mia_efficacy, per_sample_loss
+from rmlora.metrics import (accuracy, accuracy_matrix_summary, avg_gap, forget_mia_auc, mia_efficacy,
+                            per_sample_loss)
+from rmlora.report import write_report
 from rmlora.runinfo import new_run_dir, seed_everything, versions, write_json
 from rmlora.tasks.base import Task, TaskDefaults
 
@@ -240,7 +243,8 @@ def run_seed(task: Task, ds, learn: list[int], forget: list[int], add: list[int]
         teacher = snapshot(m) if method == "scrub" else None
         return make_objective(method, m, Batches(xf, yf, d_.pretrain.batch_size, gen),
                               Batches(xr, yr, d_.pretrain.batch_size, gen), retained_classes=retained_idx,
-                              generator=gen, forget_weight=d_.forget_weight, teacher=teacher)
+                              generator=gen, forget_weight=d_.forget_weight, cap=d_.extra.get("ga_cap", 4.0),
+                              teacher=teacher)
 
     stages: dict[str, dict[str, Any]] = {"lora": {}, "full": {}}
     results: dict[str, dict[str, Any]] = {"lora": {}, "full": {}}
@@ -295,9 +299,12 @@ def run_seed(task: Task, ds, learn: list[int], forget: list[int], add: list[int]
         deploy_led = st["forget"]["deploy"].copy().merge(st["add"]["deploy"])
         inf_led = _inference_ledger(path.model, x_test, chip.adc_bits)
         figs[path.name] = cost_figures(train_led, deploy_led, inf_led, len(x_test), profile)
+        breakdown = {"training_J": train_led.energy(profile), "deployment_J": deploy_led.energy(profile),
+                     "inference_J_per_sample": {k: v / len(x_test) for k, v in inf_led.energy(profile).items()},
+                     "training_counts": dict(train_led.counts)}
         fin = results[path.name]["final"]
         out[path.name] = {**{k: fin[k] for k in METRICS}, "mia_efficacy": fin["mia_efficacy"],
-                          "costs": figs[path.name].to_dict(),
+                          "costs": figs[path.name].to_dict(), "cost_breakdown": breakdown,
                           "stages": {"after_forget": results[path.name]["after_forget"], "final": fin},
                           "stage_costs": {s: cost_figures(st[s]["train"], st[s]["deploy"], Ledger(), 1,
                                                           profile).to_dict() for s in ("forget", "add")},
@@ -309,6 +316,12 @@ def run_seed(task: Task, ds, learn: list[int], forget: list[int], add: list[int]
     out["ratios"] = ratios(figs["full"], figs["lora"])
     out["ratios"]["inference_energy_vs_digital"] = out["digital_inference_energy_J"] / figs["lora"].inference_energy_J
     out["class_index"] = {ds.names[c]: i for c, i in data.index.items()}
+
+    if "repair" in d_.extra and save_dir is not None:  # first seed only: the sweep has its own draws
+        build = lambda: task.build_model(K, seed)  # noqa: E731
+        model_float = build()
+        model_float.load_state_dict(float_state)
+        out["repair"] = run_repair(model_float, build, data, learn, cfg, d_, seed, save_dir.parent)
 
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -323,6 +336,30 @@ def run_seed(task: Task, ds, learn: list[int], forget: list[int], add: list[int]
         save_file({k: v.contiguous() for k, v in chip.state_dict().items()}, str(save_dir / "chip-cells.safetensors"))
         out["adapters"] = [f_label, n_label]
     return out
+
+
+def run_repair(model_float: nn.Module, build, data: Data, learn: list[int], cfg: DemoConfig, d_: TaskDefaults,
+               seed: int, out_dir: Path) -> dict[str, Any]:
+    """Write error and its digital repair: the programming-noise sweep, then a repair adapter
+    on the preset's chip and on the first swept level that costs ≥ 5 points (the stress case)."""
+    from rmlora.device import load_preset
+    from rmlora.methods.repair import noise_sweep, plot_sweep, repair_experiment
+
+    test, val, train = data.xy("test", learn), data.xy("val", learn), data.xy("train", learn)
+    sweep = noise_sweep(model_float, test, d_.extra["sweep_levels"], d_.extra["sweep_draws"], seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_sweep(sweep, out_dir / "noise_sweep.png",
+               f"accuracy vs programming noise ({sweep['draws']} chips per level)")
+    rcfg = d_.extra["repair"]
+    res = repair_experiment(model_float, build, cfg.preset, train, val, test, rcfg, seed, d_.rank, d_.alpha)
+    lost = [lvl for lvl, m in zip(sweep["levels_uS"], sweep["mean"]) if m <= sweep["mean"][0] - 0.05]
+    sigma = lost[0] if lost else sweep["levels_uS"][-1]
+    stress_dev = load_preset("ideal").replace(relax_sigma_floor_uS=float(sigma), relax_sigma_iter_uS=0.0)
+    stress = repair_experiment(model_float, build, stress_dev, train, val, test, rcfg, seed, d_.rank, d_.alpha)
+    keys = ("acc_before_noise", "acc_after_noise", "acc_after_repair", "recovered_fraction")
+    return {**{k: res[k] for k in keys}, "preset": cfg.preset,
+            "stress": {"sigma_uS": sigma, **{k: stress[k] for k in keys}},
+            "sweep": {k: sweep[k] for k in ("levels_uS", "mean", "std", "draws")}}
 
 
 def _hist(h: dict) -> dict:
@@ -390,9 +427,6 @@ def check_sram(task: Task, d_: TaskDefaults, n_learn: int, n_add: int, profile) 
     Counts the forget adapter, the learn adapter and the new digital rows at 8 bits
     (plus one 32-bit scale per tensor); returns the bits needed.
     """
-    import fnmatch
-
-    from rmlora.adapters.sram import SramBuffer
     model = task.build_model(n_learn, 0)
     per_adapter = 0
     for name, m in model.named_modules():
@@ -415,7 +449,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.threads < 1:
         raise RmloraError("--threads must be >= 1")
     torch.set_num_threads(cfg.threads)
-    from rmlora.methods import METHODS
     if method not in METHODS:
         raise RmloraError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     profile = load_profile(cfg.profile)
@@ -443,7 +476,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                        metrics={m: r["lora"]["stages"]["after_forget"][m] for m in
                                 ("forget_acc", "retain_acc", "test_acc", "mia_auc")},
                        extra={"seed": r["seed"], "task": task.name, "preset": cfg.preset})
-    from rmlora.report import write_report
     write_report(out, summary)
     write_json(out / "per_seed.json", per_seed)
     write_json(out / "summary.json", summary)
@@ -497,6 +529,7 @@ def summarise(task: Task, ds, cfg: DemoConfig, method: str, learn, forget, add, 
                              for k in ("average_accuracy", "backward_transfer", "forgetting",
                                        "forgotten_stays_forgotten")}
         s[p]["continual"]["R_seed0"] = per_seed[0][p]["continual"]["R"]
+        s[p]["cost_breakdown_seed0"] = per_seed[0][p]["cost_breakdown"]
         s[p]["per_class_test_acc"] = per_seed[0][p]["stages"]["final"]["per_class_test_acc"]
     s["full"]["reprogrammed_cells_during_training"] = _mean_std(
         [r["full"]["reprogrammed_cells_during_training"] for r in per_seed])[0]
@@ -506,10 +539,11 @@ def summarise(task: Task, ds, cfg: DemoConfig, method: str, learn, forget, add, 
     s["ratios"] = {k: _mean_std([r["ratios"][k] for r in per_seed])[0] for k in per_seed[0]["ratios"]}
     s["digital_inference_energy_J"] = _mean_std([r["digital_inference_energy_J"] for r in per_seed])[0]
     s["paper_ratios"] = PAPER_RATIOS
-    from rmlora.metrics import avg_gap
     keys = ["forget_acc", "retain_acc", "test_acc", "mia_auc"]
     s["avg_gap_to_retrain"] = {p: avg_gap(s[p]["after_forget"], s["retrain"]["after_forget"], keys)
                                for p in ("lora", "full")}
     s["class_index"] = per_seed[0]["class_index"]
+    if "repair" in per_seed[0]:
+        s["repair"] = per_seed[0]["repair"]
     s["adapters"] = per_seed[0].get("adapters", [])
     return s

@@ -23,45 +23,47 @@ def _fmt(v: Any, pct: bool = True) -> str:
 
 def plot_stages(s: dict, path: Path) -> None:
     """Accuracy on forget / retained-test / new data after each stage, per path."""
-    metrics = [("forget_acc", "forget set"), ("test_acc", "retained (test)"), ("new_class_acc", "new (test)")]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharey=True)
-    stages = [("deployed", "deployed", s["pretrained"])]
+    metrics = [("forget_acc", "forget set (Df)"), ("test_acc", "retained classes (test)"),
+               ("new_class_acc", "new classes (test)")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True, gridspec_kw={"width_ratios": [7, 7, 3]})
     for ax, (m, title) in zip(axes, metrics):
         labels, vals, cols = [], [], []
         if m != "new_class_acc":
-            labels.append("deployed\n(before)")
+            labels.append("before")
             vals.append(s["pretrained"].get(m, float("nan")))
             cols.append(COLOURS["deployed"])
-        for p, name in PATHS:
+        for p, _ in PATHS:
             if m != "new_class_acc":
-                labels.append(f"{p}\nafter forget")
+                labels.append(f"{p}\nforgot")
                 vals.append(s[p]["after_forget"].get(m, float("nan")))
                 cols.append(COLOURS[p])
             labels.append(f"{p}\nfinal")
             vals.append(s[p].get(m, float("nan")))
             cols.append(COLOURS[p])
         vals = [0 if (v is None or math.isnan(v)) else 100 * v for v in vals]
-        ax.bar(range(len(vals)), vals, color=cols, alpha=0.85)
+        bars = ax.bar(range(len(vals)), vals, color=cols, alpha=0.85)
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v + 1.5, f"{v:.0f}", ha="center", fontsize=7)
         ax.set_xticks(range(len(vals)), labels, fontsize=7)
-        ax.set_title(title)
-        ax.set_ylim(0, 105)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 110)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
-    del stages
-    fig.suptitle(f"{s['task']}: forget {', '.join(s['scenario']['forget'])}, add {', '.join(s['scenario']['add'])}"
-                 f" — mean of {len(s['seeds'])} seed(s)", fontsize=10)
-    fig.tight_layout()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[k]) for k in ("deployed", "lora", "full", "retrain")]
+    fig.legend(handles, ["deployed, before any update", "adapter path (LoRA)", "full update (baseline)",
+                         "retrained (reference)"], loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(f"{s['task']}: forget {', '.join(s['scenario']['forget'])}, then add "
+                 f"{', '.join(s['scenario']['add'])} (mean of {len(s['seeds'])} seed(s))", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_per_class(s: dict, path: Path) -> None:
     """Final test accuracy per class and path (first seed)."""
-    inv = {str(v): k for k, v in s["class_index"].items()}
     classes = list(s["lora"]["per_class_test_acc"])
     names = [_name_of(c, s) for c in classes]
-    del inv
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(classes) + 2), 3.2))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(classes) + 4), 3.2))
     w = 0.38
     for k, p in enumerate(("lora", "full")):
         vals = [100 * s[p]["per_class_test_acc"][c] for c in classes]
@@ -69,8 +71,8 @@ def plot_per_class(s: dict, path: Path) -> None:
     ax.set_xticks(range(len(classes)), names)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8)
-    ax.set_title("per class after forgetting and learning (first seed)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("test accuracy per class after forgetting and learning (first seed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -84,23 +86,30 @@ def _name_of(dataset_label: str, s: dict) -> str:
 
 
 def plot_costs(s: dict, path: Path) -> None:
-    """The three cost figures of both paths on a log scale."""
-    figs = [("training_cost_J", "training cost (J)"), ("deployment_overhead_J", "deployment overhead (J)"),
-            ("inference_energy_J", "inference energy (J/sample)")]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
-    for ax, (k, title) in zip(axes, figs):
+    """The three cost figures of both paths on a log scale, with their values."""
+    figs = [("training_cost_J", "training cost (J)", "training_cost"),
+            ("deployment_overhead_J", "deployment overhead (J)", "deployment_overhead"),
+            ("inference_energy_J", "inference energy (J / sample)", "inference_energy_vs_digital")]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, (k, title, ratio_key) in zip(axes, figs):
         vals = [s["lora"]["costs"][k], s["full"]["costs"][k]]
-        labels = ["LoRA", "full"]
+        labels = ["LoRA", "full update"]
         cols = [COLOURS["lora"], COLOURS["full"]]
         if k == "inference_energy_J":
             vals.append(s["digital_inference_energy_J"])
-            labels.append("digital")
+            labels.append("all digital")
             cols.append("#9467bd")
-        ax.bar(labels, vals, color=cols)
+        bars = ax.bar(labels, vals, color=cols)
         ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3, which="both")
-    fig.suptitle(f"costs on {s['preset']} / {s['profile']} (counted work x profile constants)", fontsize=10)
+        lo = min(v for v in vals if v > 0)
+        ax.set_ylim(lo / 10, max(vals) * 10)
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v * 1.3, f"{v:.2g}", ha="center", fontsize=8)
+        versus = "digital" if k == "inference_energy_J" else "full"
+        ax.set_title(f"{title}\n{versus} / LoRA = {s['ratios'][ratio_key]:.2f}x", fontsize=9)
+        ax.grid(axis="y", alpha=0.3, which="major")
+    fig.suptitle(f"costs on {s['preset']} with profile {s['profile']} (counted work x profile constants)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -140,6 +149,41 @@ def costs_table(s: dict) -> str:
     ])
 
 
+def breakdown_table(s: dict) -> str:
+    """Where each path's training energy goes (first seed), in % of its total."""
+    cats = ("analogue_mvm", "digital", "sram", "write_verify")
+    rows = ["| training energy | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+    for p, name in PATHS[:2]:
+        e = s[p]["cost_breakdown_seed0"]["training_J"]
+        rows.append(f"| {name} | " + " | ".join(f"{100 * e[c] / e['total']:.1f}%" for c in cats) + " |")
+    return "\n".join(rows)
+
+
+def repair_section(s: dict) -> str:
+    """Write error and its digital repair (tasks that run it), first seed."""
+    if "repair" not in s:
+        return ""
+    r, st = s["repair"], s["repair"]["stress"]
+    sw = s["repair"]["sweep"]
+    levels = ", ".join(f"{lv:g} µS: {_fmt(m)} ± {_fmt(sd)}" for lv, m, sd in zip(sw["levels_uS"], sw["mean"], sw["std"]))
+
+    def frac(v):
+        return "nothing lost" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.0f}%"
+    return f"""## Repair of write error with a digital adapter
+
+| chip | before noise | after write error | after repair adapter | recovered |
+|---|---|---|---|---|
+| `{r['preset']}` (write-verify) | {_fmt(r['acc_before_noise'])} | {_fmt(r['acc_after_noise'])} | {_fmt(r['acc_after_repair'])} | {frac(r['recovered_fraction'])} |
+| Gaussian write noise σ = {st['sigma_uS']:g} µS | {_fmt(st['acc_before_noise'])} | {_fmt(st['acc_after_noise'])} | {_fmt(st['acc_after_repair'])} | {frac(st['recovered_fraction'])} |
+
+The second row takes the first level of the sweep below that costs at least 5 points. Test accuracy
+of the learned classes against programming noise ({sw['draws']} chips per level, mean ± std): {levels}.
+
+![noise sweep](noise_sweep.png)
+
+"""
+
+
 def write_report(out: Path, s: dict) -> None:
     """Write the three PNGs and ``report.md`` into ``out``."""
     plot_stages(s, out / "accuracy_stages.png")
@@ -157,10 +201,11 @@ Seeds {s['seeds']} (mean ± std over seeds){' — quick run' if sc['quick'] else
 
 {metrics_table(s)}
 
-Forget accuracy is on the forgotten {sc['forget']}'s training photos (Df); retain accuracy on the kept
-classes' training data (Dr); test accuracy on held-out data of the kept classes; new-class accuracy on
-held-out data of the added class(es). Forget MIA AUC is a loss-threshold attack separating Df from held-out
-data of the same class(es): 0.5 means the model treats them alike, as a model that never saw them does.
+Forget accuracy is on the forgotten class(es)' training examples (Df); retain accuracy on the kept
+classes' training examples (Dr); test accuracy on held-out examples of the kept classes; new-class
+accuracy on held-out examples of the added class(es). Forget MIA AUC is a loss-threshold attack
+separating Df from held-out examples of the same class(es): 0.5 means the model treats them alike,
+as a model that never saw them does (with a handful of examples per class it moves in large steps).
 Average gap to the retrained model after forgetting (forget, retain, test, MIA): LoRA
 {100 * gap['lora']:.1f} points, full update {100 * gap['full']:.1f} points.
 
@@ -184,9 +229,11 @@ adapters, so its ratio is below 1; the paper's inference figure compares against
 the last row reproduces. Every constant comes from the technology profile `{s['profile']}` (sources in
 its JSON file); nothing is tuned toward the paper's figures.
 
+{breakdown_table(s)}
+
 ![costs](costs.png)
 
-## Deployment of the pretrained model
+{repair_section(s)}## Deployment of the pretrained model
 
 {dep['cells']} cells on {dep['tiles']} tiles; {dep['mean_pulses_per_cell']:.2f} pulses per cell on average
 (95th percentile {dep['p95_pulses_per_cell']:.0f}); {dep['failed_cells']} cells failed to converge;

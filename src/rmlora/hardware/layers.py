@@ -27,7 +27,7 @@ from torch import nn
 
 from rmlora.device import mapping
 from rmlora.hardware.chip import ArrayHandle, Chip, ProgramStats
-from rmlora.hardware.converters import dac, quantise
+from rmlora.hardware.converters import dac, quantise_
 
 
 class CrossbarCore:
@@ -106,9 +106,10 @@ class CrossbarCore:
         n_rt, b, out = part.shape
         w = self.out_tile_width
         n_ct = -(-out // w)
-        padded = F.pad(part, (0, n_ct * w - out)).view(n_rt, b, n_ct, w)
-        fs = padded.abs().amax(dim=(1, 3), keepdim=True)  # (n_rt, 1, n_ct, 1)
-        return quantise(padded, fs, bits).view(n_rt, b, n_ct * w)[..., :out]
+        padded = (F.pad(part, (0, n_ct * w - out)) if n_ct * w != out else part).view(n_rt, b, n_ct, w)
+        lo, hi = padded.amin(dim=(1, 3), keepdim=True), padded.amax(dim=(1, 3), keepdim=True)
+        fs = torch.maximum(-lo, hi)  # (n_rt, 1, n_ct, 1): each tile's largest |current|
+        return quantise_(padded, fs, bits).view(n_rt, b, n_ct * w)[..., :out]
 
 
 class _AnalogMVM(torch.autograd.Function):

@@ -177,7 +177,7 @@ def plot_sweep(sweep: dict, path: str | Path, title: str) -> Path:
         ax.plot([x] * len(row), [100.0 * a for a in row], "o", color="tab:blue", alpha=0.25, markersize=3,
                 zorder=1)
     ax.errorbar(lv, mean, yerr=std, fmt="-o", color="tab:blue", ecolor="black", capsize=4, linewidth=1.8,
-                markersize=5, zorder=2, label=f"mean ± std ({len(sweep['acc'][0])} chips per level)")
+                markersize=5, zorder=2, label=f"mean ± std over {len(sweep['acc'][0])} chips (dots: single chips)")
     ax.set_xlabel("programming noise σ (µS)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)

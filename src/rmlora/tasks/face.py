@@ -76,7 +76,9 @@ class FaceTask:
             learn_lora=cfg(300, 1e-2, every=10), learn_full=cfg(300, 2e-3, every=10),
             rank=4, alpha=8.0, targets=["*channel_fc*", "head"], rehearsal_per_class=3, forget_weight=1.0,
             seeds=1 if quick else 5,
-            extra={"augment_copies": 4 if quick else 10})
+            # gradient ascent stops pushing a forget photo once its loss exceeds ga_cap (nats): a little
+            # above ln 5 ≈ 1.6, the loss of a chance-level guess among the five learned identities
+            extra={"augment_copies": 4 if quick else 10, "ga_cap": 2.0})
 
     def load(self, data_dir: str | None, seed: int, download: bool) -> faces.FaceSet:
         return faces.load_faces(data_dir, size=16, seed=seed, download=download)
