@@ -205,7 +205,7 @@ def run_seed(task: Task, ds, learn: list[int], forget: list[int], add: list[int]
     profile = load_profile(cfg.profile)
     data = Data(task, ds, learn, forget, add, seed, gen, d_.extra.get("augment_copies", 0))
     K = len(learn)
-    retained_idx, forget_idx, new_idx = data.idx(data.retained), data.idx(forget), data.idx(add)
+    retained_idx = data.idx(data.retained)
     prog = cfg.progress
 
     # 1. learn the first classes (float) and deploy them

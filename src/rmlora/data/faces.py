@@ -19,7 +19,6 @@ training-only augmented copies.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rmlora.data.base import LabelledSet
 from rmlora.errors import RmloraError
 
 __all__ = [
@@ -57,7 +57,7 @@ _KINDS = ("att", "olivetti", "folder", "procedural")
 
 
 @dataclass
-class FaceSet:
+class FaceSet(LabelledSet):
     """A labelled set of square greyscale face photos.
 
     Attributes:
@@ -70,6 +70,7 @@ class FaceSet:
         kind: one of ``"att"``, ``"olivetti"``, ``"folder"``, ``"procedural"``.
     """
 
+    unit = "identity"
     images: torch.Tensor
     labels: torch.Tensor
     photo_ids: torch.Tensor
@@ -89,9 +90,6 @@ class FaceSet:
         if self.kind not in _KINDS:
             raise ValueError(f"FaceSet kind must be one of {_KINDS}, got {self.kind!r}")
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
     @property
     def n_identities(self) -> int:
         """Number of identities ``K`` (``len(names)``), present in this set or not."""
@@ -102,51 +100,6 @@ class FaceSet:
         """Side ``S`` of the square photos in pixels."""
         return int(self.images.shape[-1])
 
-    def resolve(self, ident: str | int) -> int:
-        """Map an identity index (int or digit string) or name to its label.
-
-        Names are matched first, so a name that happens to be a number wins.
-        Raises :class:`RmloraError` listing the valid range and names if unknown.
-        """
-        k = len(self.names)
-        if isinstance(ident, (int, np.integer)) and not isinstance(ident, bool):
-            i = int(ident)
-            if 0 <= i < k:
-                return i
-        elif isinstance(ident, str):
-            s = ident.strip()
-            if s in self.names:
-                return self.names.index(s)
-            if re.fullmatch(r"[+-]?\d+", s) and 0 <= int(s) < k:
-                return int(s)
-        raise RmloraError(
-            f"unknown identity {ident!r} in {self.source}: use an index 0..{k - 1} "
-            f"or one of the names {_name_list(self.names)}"
-        )
-
-    def subset(self, idx: torch.Tensor | Sequence[int] | slice) -> "FaceSet":
-        """Rows ``idx`` (indices, boolean mask or slice) as a new FaceSet.
-
-        Labels keep their meaning: ``names``, ``source`` and ``kind`` are shared.
-        """
-        if not isinstance(idx, slice):
-            idx = torch.as_tensor(idx)
-            if idx.dtype != torch.bool:
-                idx = idx.long().reshape(-1)
-        return FaceSet(
-            images=self.images[idx],
-            labels=self.labels[idx],
-            photo_ids=self.photo_ids[idx],
-            names=list(self.names),
-            source=self.source,
-            kind=self.kind,
-        )
-
-
-def _name_list(names: Sequence[str], limit: int = 50) -> str:
-    if len(names) <= limit:
-        return ", ".join(names)
-    return ", ".join(names[: limit - 2]) + f", ... , {names[-1]}"
 
 
 def _natural_key(s: str) -> tuple:

@@ -29,11 +29,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from rmlora.data.base import LabelledSet
 from rmlora.errors import RmloraError
 
 __all__ = [
@@ -58,7 +59,7 @@ _FSDD_NAME = re.compile(r"^(\d+)_([A-Za-z0-9\-]+)_(\d+)\.wav$")
 
 # --------------------------------------------------------------------------- set
 @dataclass
-class SpeechSet:
+class SpeechSet(LabelledSet):
     """Spike-encoded utterances with speaker labels.
 
     Attributes:
@@ -71,6 +72,7 @@ class SpeechSet:
         words: int64 ``(N,)`` spoken word / digit index (-1 when unknown).
     """
 
+    unit = "speaker"
     spikes: torch.Tensor
     labels: torch.Tensor
     utt_ids: torch.Tensor
@@ -90,9 +92,6 @@ class SpeechSet:
         if self.words is None:
             self.words = torch.full((n,), -1, dtype=torch.int64)
 
-    def __len__(self) -> int:
-        return int(self.spikes.shape[0])
-
     @property
     def n_bins(self) -> int:
         """Number of time bins T."""
@@ -103,38 +102,6 @@ class SpeechSet:
         """Number of input channels C."""
         return int(self.spikes.shape[2])
 
-    def resolve(self, ident: str | int) -> int:
-        """Speaker index for a name or an index (an int or a string of digits)."""
-        if isinstance(ident, (int, np.integer)) and not isinstance(ident, bool):
-            idx = int(ident)
-        elif isinstance(ident, str) and ident in self.names:
-            return self.names.index(ident)
-        elif isinstance(ident, str) and ident.strip().lstrip("-").isdigit():
-            idx = int(ident.strip())
-        else:
-            raise RmloraError(
-                f"unknown speaker {ident!r}; known speakers: {', '.join(self.names)}"
-            )
-        if not 0 <= idx < len(self.names):
-            raise RmloraError(
-                f"speaker index {idx} out of range 0..{len(self.names) - 1}; "
-                f"known speakers: {', '.join(self.names)}"
-            )
-        return idx
-
-    def subset(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> "SpeechSet":
-        """The samples at positions ``idx``; names, source and kind are kept."""
-        index = torch.as_tensor(np.asarray(idx, dtype=np.int64).reshape(-1))
-        assert self.words is not None
-        return SpeechSet(
-            spikes=self.spikes[index],
-            labels=self.labels[index],
-            utt_ids=self.utt_ids[index],
-            names=list(self.names),
-            source=self.source,
-            kind=self.kind,
-            words=self.words[index],
-        )
 
 
 # --------------------------------------------------------------------- mel bank

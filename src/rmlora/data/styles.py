@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rmlora.data.base import LabelledSet, name_list
 from rmlora.errors import RmloraError
 
 __all__ = [
@@ -75,7 +76,7 @@ _KINDS = ("procedural", "folder")
 
 
 @dataclass
-class StyleSet:
+class StyleSet(LabelledSet):
     """A labelled set of small square RGB stylized images.
 
     Attributes:
@@ -89,6 +90,7 @@ class StyleSet:
         kind: ``"procedural"`` or ``"folder"``.
     """
 
+    unit = "style"
     images: torch.Tensor
     labels: torch.Tensor
     contents: torch.Tensor
@@ -109,9 +111,6 @@ class StyleSet:
         if self.kind not in _KINDS:
             raise ValueError(f"StyleSet kind must be one of {_KINDS}, got {self.kind!r}")
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
     @property
     def n_styles(self) -> int:
         """Number of styles ``K`` (``len(names)``), present in this set or not."""
@@ -122,58 +121,6 @@ class StyleSet:
         """Side ``S`` of the square images in pixels."""
         return int(self.images.shape[-1])
 
-    def resolve(self, ident: str | int) -> int:
-        """Map a style index (int or digit string) or name to its label.
-
-        Names are matched first (exactly, then case-insensitively), so a name
-        that happens to be a number wins. Raises :class:`RmloraError` listing
-        the valid range and names if unknown.
-        """
-        k = len(self.names)
-        if isinstance(ident, (int, np.integer)) and not isinstance(ident, bool):
-            i = int(ident)
-            if 0 <= i < k:
-                return i
-        elif isinstance(ident, str):
-            s = ident.strip()
-            if s in self.names:
-                return self.names.index(s)
-            lowered = [n.lower() for n in self.names]
-            if s.lower() in lowered and lowered.count(s.lower()) == 1:
-                return lowered.index(s.lower())
-            if re.fullmatch(r"[+-]?\d+", s) and 0 <= int(s) < k:
-                return int(s)
-        raise RmloraError(
-            f"unknown style {ident!r} in {self.source}: use an index 0..{k - 1} "
-            f"or one of the names {_name_list(self.names)}"
-        )
-
-    def subset(self, idx: torch.Tensor | Sequence[int] | np.ndarray | slice) -> "StyleSet":
-        """Rows ``idx`` (indices, boolean mask or slice) as a new StyleSet.
-
-        Labels keep their meaning: ``names``, ``content_names``, ``source`` and
-        ``kind`` are shared.
-        """
-        if not isinstance(idx, slice):
-            idx = torch.as_tensor(np.asarray(idx) if isinstance(idx, np.ndarray) else idx)
-            if idx.dtype != torch.bool:
-                idx = idx.long().reshape(-1)
-        return StyleSet(
-            images=self.images[idx],
-            labels=self.labels[idx],
-            contents=self.contents[idx],
-            image_ids=self.image_ids[idx],
-            names=list(self.names),
-            content_names=list(self.content_names),
-            source=self.source,
-            kind=self.kind,
-        )
-
-
-def _name_list(names: Sequence[str], limit: int = 50) -> str:
-    if len(names) <= limit:
-        return ", ".join(names)
-    return ", ".join(names[: limit - 2]) + f", ... , {names[-1]}"
 
 
 def _natural_key(s: str) -> tuple:
@@ -827,7 +774,7 @@ def split_by_image(
         if lab not in resolved:
             resolved.append(lab)
     if not resolved:
-        raise RmloraError(f"split_by_image needs at least one style; known: {_name_list(ds.names)}")
+        raise RmloraError(f"split_by_image needs at least one style; known: {name_list(ds.names)}")
     ids = ds.image_ids.cpu().numpy()
     labs = ds.labels.cpu().numpy()
     cons = ds.contents.cpu().numpy()

@@ -1,0 +1,73 @@
+"""What every labelled data set of rmlora shares: class names, lookup, subsets."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from rmlora.errors import RmloraError
+
+
+def name_list(names: Sequence[str], limit: int = 50) -> str:
+    """``names`` joined for an error message, shortened past ``limit``."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[: limit - 2]) + f", ... , {names[-1]}"
+
+
+class LabelledSet:
+    """Mixin for dataclasses holding per-sample tensors (first dimension N), ``labels``
+    (N,) indexing ``names``, and a ``source`` description. ``unit`` names a class in
+    messages ("identity", "speaker", "style")."""
+
+    unit: ClassVar[str] = "class"
+    names: list[str]
+    labels: torch.Tensor
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def resolve(self, ident: str | int) -> int:
+        """Label of a class given by index (int or digit string) or by name.
+
+        Names win over digits (exact match, then a unique case-insensitive one).
+        Raises :class:`RmloraError` naming the valid range and names.
+        """
+        k = len(self.names)
+        if isinstance(ident, (int, np.integer)) and not isinstance(ident, bool):
+            if 0 <= int(ident) < k:
+                return int(ident)
+        elif isinstance(ident, str):
+            s = ident.strip()
+            if s in self.names:
+                return self.names.index(s)
+            lowered = [n.lower() for n in self.names]
+            if lowered.count(s.lower()) == 1:
+                return lowered.index(s.lower())
+            if re.fullmatch(r"[+-]?\d+", s) and 0 <= int(s) < k:
+                return int(s)
+        raise RmloraError(f"unknown {self.unit} {ident!r} in {self.source}: use an index 0..{k - 1} "
+                          f"or one of the names {name_list(self.names)}")
+
+    def subset(self, idx: torch.Tensor | Sequence[int] | np.ndarray | slice) -> Any:
+        """Samples ``idx`` (indices, boolean mask or slice) as a new set of the same type;
+        names, source and kind are kept."""
+        if not isinstance(idx, slice):
+            idx = torch.as_tensor(np.asarray(idx) if isinstance(idx, np.ndarray) else idx)
+            if idx.dtype != torch.bool:
+                idx = idx.long().reshape(-1)
+        n = len(self)
+        fields = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
+                v = v[idx]
+            elif isinstance(v, list):
+                v = list(v)
+            fields[f.name] = v
+        return type(self)(**fields)
