@@ -337,3 +337,15 @@ def test_weight_gradient_when_the_weight_is_trained():
     gy = torch.randn(4, 3)
     lin(x).backward(gy)
     assert torch.allclose(lin.weight.grad, gy.t() @ x, atol=1e-6)
+
+
+def test_moving_a_deployed_model_moves_its_cell_state():
+    # .to()/.double() must carry the cached conductances along with the parameters
+    model = nn.Sequential(nn.Linear(8, 4))
+    x = torch.randn(2, 8)
+    ref = model(x).detach().double()
+    deploy(model, SimulatedChip("ideal"))
+    model.double()
+    y = model(x.double())
+    assert y.dtype == torch.float64
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)

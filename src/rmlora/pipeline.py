@@ -264,8 +264,8 @@ def run_seed(task: Task, ds, learn: list[int], forget: list[int], add: list[int]
     v_new = data.xy("val", add)
     n_label = "learn-" + "-".join(ds.names[c] for c in add)
 
-    def learn_score(m: nn.Module) -> float:
-        return (0.5 * (_val_acc(m, v_new) + _val_acc(m, v_ret)) - _val_acc(m, v_forget)
+    def learn_score(m: nn.Module) -> float:  # the weaker of new and kept classes decides
+        return (min(_val_acc(m, v_new), _val_acc(m, v_ret)) - _val_acc(m, v_forget)
                 - TIE * 0.5 * (_val_loss(m, v_new) + _val_loss(m, v_ret)))
 
     def learn_loss(m: nn.Module):

@@ -138,6 +138,17 @@ class AnalogLayer:
     core: CrossbarCore
     ledger = None  # a rmlora.costs.Ledger while counting
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(device)``/``.double()`` move the cached cell state with the parameters."""
+        out = super()._apply(fn, recurse)
+        core = self.__dict__.get("core")
+        if core is not None:
+            for name in ("signed", "sigma", "scale"):
+                t = getattr(core, name)
+                if t is not None:
+                    setattr(core, name, fn(t))
+        return out
+
     def matrix(self) -> torch.Tensor:
         """The float weights as the crossbar's (out, in) matrix."""
         return self.weight.detach().flatten(1)
@@ -176,7 +187,7 @@ def _adopt(new: nn.Module, old: nn.Module) -> None:
     new.train(old.training)
 
 
-class AnalogLinear(nn.Linear, AnalogLayer):
+class AnalogLinear(AnalogLayer, nn.Linear):
     """``nn.Linear`` whose matrix lives on the chip; the bias is digital."""
 
     @classmethod
@@ -194,7 +205,7 @@ class AnalogLinear(nn.Linear, AnalogLayer):
         return y.view(*shape[:-1], self.out_features)
 
 
-class AnalogConv2d(nn.Conv2d, AnalogLayer):
+class AnalogConv2d(AnalogLayer, nn.Conv2d):
     """``nn.Conv2d`` (groups=1, zero padding) computed as im2col then an analogue MVM."""
 
     @classmethod
@@ -219,7 +230,7 @@ class AnalogConv2d(nn.Conv2d, AnalogLayer):
         return y
 
 
-class AnalogConv1d(nn.Conv1d, AnalogLayer):
+class AnalogConv1d(AnalogLayer, nn.Conv1d):
     """``nn.Conv1d`` (groups=1, zero padding) computed as im2col then an analogue MVM."""
 
     @classmethod
