@@ -141,7 +141,9 @@ def test_bad_scenarios_fail_with_one_line_and_write_nothing(tmp_path, args, mess
     assert not out.exists()
 
 
-def test_missing_data_folder_and_tiny_sram(tmp_path):
+def test_missing_data_folder_and_tiny_sram(tmp_path, monkeypatch):
+    monkeypatch.delenv("RMLORA_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "sk"))
     res = CliRunner().invoke(main, ["demo", "--quick", "--data-dir", str(tmp_path / "none"), "--out",
                                     str(tmp_path / "r")])
     assert res.exit_code == 2 and "does not exist" in res.output
