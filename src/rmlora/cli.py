@@ -93,8 +93,9 @@ def _idents(value: str | None) -> list[str] | None:
 
 
 @main.command("demo")
-@click.option("--task", type=click.Choice(["face", "speaker"]), default="face", show_default=True,
-              help="face: AT&T/Olivetti photos; speaker: FSDD recordings as spike trains")
+@click.option("--task", type=click.Choice(["face", "speaker", "style"]), default="face", show_default=True,
+              help="face: AT&T/Olivetti photos; speaker: FSDD recordings as spike trains; "
+                   "style: class-conditional diffusion transformer on stylized images")
 @click.option("--data-dir", type=click.Path(), default=None,
               help="real data folder (default: $RMLORA_DATA_DIR, else built-in procedural data)")
 @click.option("--download", is_flag=True, help="download the real dataset if it is not found")
@@ -126,6 +127,13 @@ def demo(task, data_dir, download, learn, forget, add_, method, preset, profile,
                      threads=threads)
     if cfg.forget == []:
         raise RmloraError("the forget set is empty: name at least one learned class")
+    if task == "style":
+        from rmlora.style_pipeline import run_style_demo, style_tables
+        s = run_style_demo(cfg)
+        click.echo(f"style demo on {s['dataset']['source']}")
+        click.echo(style_tables(s))
+        click.echo(f"\nrun folder: {out} (read report.md first)")
+        return
     s = run_demo(cfg)
     click.echo(f"{s['task']} demo on {s['dataset']['source']}")
     click.echo(metrics_table(s))

@@ -32,9 +32,10 @@ import copy
 import fnmatch
 import math
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +53,17 @@ from rmlora.methods.paths import AdapterPath, FullPath
 from rmlora.metrics.generation import fd_per_class, sample_grid, style_rates, train_style_classifier
 from rmlora.pipeline import PAPER_RATIOS, DemoConfig, load_weights
 from rmlora.runinfo import new_run_dir, seed_everything, versions, write_json
-from rmlora.tasks.style import (CONFIGS, StyleDefaults, StyleDiffusion, StyleTask, attach_rows, build_dit,
-                                fold_rows, noise_images, style_defaults)
+from rmlora.tasks.style import (
+    CONFIGS,
+    StyleDefaults,
+    StyleDiffusion,
+    StyleTask,
+    attach_rows,
+    build_dit,
+    fold_rows,
+    noise_images,
+    style_defaults,
+)
 
 RATES = ("forget_style_rate", "kept_style_rate", "new_style_rate")
 COSTS = ("training_cost_J", "deployment_overhead_J", "deployment_time_s", "inference_energy_J")
@@ -263,9 +273,11 @@ def train_classifier(data: StyleData, d_: StyleDefaults, seed: int, progress: bo
 
 # --------------------------------------------------------------------------- counting
 @contextmanager
-def attention_counting(model: nn.Module, ledger: Ledger | None) -> Iterator[None]:
+def attention_counting(model: nn.Module, ledger: Ledger | None, tally: dict[str, int] | None = None
+                       ) -> Iterator[None]:
     """Count the attention's activation x activation products (QKᵀ and AV: 2·T²·C MACs
-    per sample and layer) as digital work: they run on the digital unit on every path."""
+    per sample and layer) as digital work: they run on the digital unit on every path.
+    ``tally["attention_macs"]`` (if given) adds them up separately, to report their share."""
     if ledger is None:
         yield
         return
@@ -274,8 +286,10 @@ def attention_counting(model: nn.Module, ledger: Ledger | None) -> Iterator[None
     def hook(module, inputs, output):
         out = output[0] if isinstance(output, tuple) else output
         b, t, c = out.shape
-        mult = 3 if torch.is_grad_enabled() else 1
-        ledger.add("digital_macs", mult * 2 * b * t * t * c)
+        macs = (3 if torch.is_grad_enabled() else 1) * 2 * b * t * t * c
+        ledger.add("digital_macs", macs)
+        if tally is not None:
+            tally["attention_macs"] = tally.get("attention_macs", 0) + macs
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Attention)]
     try:
         yield
@@ -285,11 +299,13 @@ def attention_counting(model: nn.Module, ledger: Ledger | None) -> Iterator[None
 
 
 @contextmanager
-def counted(model: nn.Module, ledger: Ledger | None, as_digital: bool = False) -> Iterator[None]:
+def counted(model: nn.Module, ledger: Ledger | None, as_digital: bool = False,
+            tally: dict[str, int] | None = None) -> Iterator[None]:
+    """:func:`rmlora.costs.counting` plus the attention products."""
     with ExitStack() as stack:
         if ledger is not None:
             stack.enter_context(counting(model, ledger, as_digital=as_digital))
-            stack.enter_context(attention_counting(model, ledger))
+            stack.enter_context(attention_counting(model, ledger, tally))
         yield
 
 
@@ -398,8 +414,10 @@ def run_stage(path, label: str, loss_fn, tcfg: TrainConfig, stage: Stage, adc_bi
             p.requires_grad_(True)
         params.append({"params": row_params, "lr": rows_lr or tcfg.lr})
 
+    tally: dict[str, int] = {}
+
     def counted_loss(step: int) -> torch.Tensor:
-        with attention_counting(model, train_led):
+        with attention_counting(model, train_led, tally):
             return loss_fn(model, step)
     t0 = time.perf_counter()
     hist = fit(model, params, counted_loss, tcfg, score_fn=lambda: stage.score(model),
@@ -414,7 +432,7 @@ def run_stage(path, label: str, loss_fn, tcfg: TrainConfig, stage: Stage, adc_bi
         for p in row_params:
             p.requires_grad_(False)
     return {"train": train_led, "deploy": deploy_led, "history": hist, "seconds": time.perf_counter() - t0,
-            "val_losses_end": stage.losses(model)}
+            "val_losses_end": stage.losses(model), "attention_macs": tally.get("attention_macs", 0)}
 
 
 class Evaluator:
@@ -435,10 +453,11 @@ class Evaluator:
         tags = {**{i: " (forgotten)" for i in self.forget_idx}, **{i: " (new)" for i in self.new_idx}}
         return [n + tags.get(i, "") for i, n in enumerate(self.data.names)]
 
-    def __call__(self, model: nn.Module, key: str, title: str, ledger: Ledger | None = None) -> dict[str, Any]:
+    def __call__(self, model: nn.Module, key: str, title: str, ledger: Ledger | None = None,
+                 tally: dict[str, int] | None = None) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(self.seed + 7919)
         t0 = time.perf_counter()
-        with counted(model, ledger):
+        with counted(model, ledger, tally=tally):
             x = self.diff.sample(model, self.labels, gen, progress=self.progress, desc=f"sampling {key}")
         rates = style_rates(self.clf, x, self.labels)
         pred = _predict(self.clf, x)
@@ -498,7 +517,7 @@ def run_seed(task: StyleTask, ds, learn: list[int], forget: list[int], add: list
     data = StyleData(task, ds, learn, forget, add, seed, n_val, n_test, dev)
     K = len(data.order)
     diff = StyleDiffusion(d_, null_label=K)
-    forget_idx, kept_idx, new_idx = data.idx(forget), data.idx(data.retained), data.idx(add)
+    forget_idx, new_idx = data.idx(forget), data.idx(add)
 
     t0 = time.perf_counter()
     clf, clf_info = train_classifier(data, d_, seed, prog)
@@ -521,7 +540,7 @@ def run_seed(task: StyleTask, ds, learn: list[int], forget: list[int], add: list
     scores: dict[str, dict[str, Any]] = {}
     scores["float"] = evaluate(model, "pretrained_float", "pretrained (float)")
     chip = SimulatedChip(cfg.preset, seed=seed, device=dev)
-    dep = deploy(model, chip, profile=profile)
+    dep = deploy(model, chip, exclude=d_.digital_layers, profile=profile)
     field_chip = copy.deepcopy(chip)
     scores["deployed"] = evaluate(model, "pretrained_deployed", f"pretrained, deployed on {cfg.preset}")
     tick("deploy_and_evaluate", t0)
@@ -589,6 +608,7 @@ def run_seed(task: StyleTask, ds, learn: list[int], forget: list[int], add: list
 
     new_rows: dict[str, dict[str, torch.Tensor]] = {}
     inference: dict[str, Ledger] = {}
+    inference_tally: dict[str, dict[str, int]] = {"lora": {}, "full": {}}
     for path, tcfg in ((lora, d_.learn_lora), (full, d_.learn_full)):
         t0 = time.perf_counter()
         rows = attach_rows(path.model, new_idx)
@@ -598,7 +618,7 @@ def run_seed(task: StyleTask, ds, learn: list[int], forget: list[int], add: list
         inference[path.name] = Ledger(adc_bits=chip.adc_bits or 8)
         results[path.name]["final"] = evaluate(path.model, f"final_{path.name}",
                                                f"after learning {', '.join(n_names)} ({path.name})",
-                                               ledger=inference[path.name])
+                                               ledger=inference[path.name], tally=inference_tally[path.name])
         tick(f"learn_{path.name}", t0)
 
     # 4. the reference: retrained from scratch on the kept and new styles, deployed
@@ -607,7 +627,8 @@ def run_seed(task: StyleTask, ds, learn: list[int], forget: list[int], add: list
     ret_hist = train_float(retrain, *data.xy("train", data.retained + add), d_, diff, seed + 2, prog,
                            "retrain on kept + new styles (reference)")
     retrain_state = {k: v.detach().cpu().clone() for k, v in retrain.state_dict().items()}
-    deploy(retrain, SimulatedChip(cfg.preset, seed=seed + 2, device=dev), profile=profile)
+    scores["retrain_float"] = evaluate(retrain, "retrain_float", "retrained from scratch on kept + new styles (float)")
+    deploy(retrain, SimulatedChip(cfg.preset, seed=seed + 2, device=dev), exclude=d_.digital_layers, profile=profile)
     scores["retrain"] = evaluate(retrain, "retrain", "retrained from scratch on kept + new styles, deployed")
     tick("retrain", t0)
 
@@ -615,7 +636,8 @@ def run_seed(task: StyleTask, ds, learn: list[int], forget: list[int], add: list
     out: dict[str, Any] = {"seed": seed, "classifier": clf_info,
                            "pretrain": _jsonable_hist(pre_hist), "retrain_history": _jsonable_hist(ret_hist),
                            "pretrained": {"float": _strip(scores["float"]), "deployed": _strip(scores["deployed"])},
-                           "deployment": dep.summary(), "retrain": _strip(scores["retrain"])}
+                           "deployment": dep.summary(),
+                           "retrain": {**_strip(scores["retrain"]), "float": _strip(scores["retrain_float"])}}
     figs = {}
     n_samples = results["lora"]["final"]["_samples"]
     for path in (lora, full):
@@ -632,7 +654,12 @@ def run_seed(task: StyleTask, ds, learn: list[int], forget: list[int], add: list
             "cost_breakdown": {"training_J": train_led.energy(profile), "deployment_J": deploy_led.energy(profile),
                                "inference_J_per_sample": {k: v / n_samples for k, v in
                                                           inference[path.name].energy(profile).items()},
-                               "training_counts": dict(train_led.counts)},
+                               "training_counts": dict(train_led.counts),
+                               # the attention's activation products (digital, the same on both paths)
+                               "training_attention_J": profile.mac_J * sum(st[s]["attention_macs"]
+                                                                           for s in ("forget", "add")),
+                               "inference_attention_J_per_sample": profile.mac_J * inference_tally[path.name].get(
+                                   "attention_macs", 0) / n_samples},
             "stage_costs": {s: cost_figures(st[s]["train"], st[s]["deploy"], Ledger(), 1, profile).to_dict()
                             for s in ("forget", "add")},
             "best_steps": {s: st[s]["history"]["best_step"] for s in ("forget", "add")},
@@ -836,28 +863,38 @@ def scores_table(s: dict) -> str:
     rows.append(row("full update, after forgetting", s["full"]["after_forget"], new=False))
     rows.append(row("**LoRA, final**", s["lora"]))
     rows.append(row("**full update, final**", s["full"]))
+    if "float" in s["retrain"]:
+        rows.append(row("retrained (kept + new), float", s["retrain"]["float"]))
     rows.append(row("**retrained (kept + new), deployed**", s["retrain"]))
     return "\n".join(rows)
+
+
+def _x(v: float) -> str:
+    """A ratio for the tables: 147.8x, 4.56x, 0.031x."""
+    if v is None or math.isnan(v):
+        return "–"
+    return f"{v:.1f}x" if v >= 10 else (f"{v:.2f}x" if v >= 0.1 else f"{v:.2g}x")
 
 
 def costs_table(s: dict) -> str:
     """Markdown: the three figures of both paths, their ratios and the paper's."""
     r, paper = s["ratios"], s["paper_ratios"]
     lo, fu = s["lora"]["costs"], s["full"]["costs"]
-    return "\n".join([
-        "| figure | LoRA path | full update | full / LoRA | paper (up to) |",
-        "|---|---|---|---|---|",
-        f"| training cost | {lo['training_cost_J']:.3e} J | {fu['training_cost_J']:.3e} J | "
-        f"{r['training_cost']:.1f}x | {paper['training_cost']}x |",
-        f"| deployment overhead | {lo['deployment_overhead_J']:.3e} J, {lo['deployment_time_s']:.2e} s | "
-        f"{fu['deployment_overhead_J']:.3e} J, {fu['deployment_time_s']:.2e} s | "
-        f"{r['deployment_overhead']:.1f}x | {paper['deployment_overhead']}x |",
-        f"| inference energy / sample (all {s['model']['sampler'].split(', ')[1]}) | {lo['inference_energy_J']:.3e} J | "
-        f"{fu['inference_energy_J']:.3e} J | {r['inference_energy']:.2f}x | – |",
-        f"| inference energy vs all-digital | {lo['inference_energy_J']:.3e} J | "
-        f"{s['digital_inference_energy_J']:.3e} J (digital) | {r['inference_energy_vs_digital']:.1f}x | "
-        f"{paper['inference_energy']}x |",
-    ])
+    steps = s["model"]["sampler"].split(", ")[-1]
+    rows = [
+        ("training cost", f"{lo['training_cost_J']:.3e} J", f"{fu['training_cost_J']:.3e} J",
+         _x(r["training_cost"]), f"{paper['training_cost']}x"),
+        ("deployment overhead", f"{lo['deployment_overhead_J']:.3e} J, {lo['deployment_time_s']:.2e} s",
+         f"{fu['deployment_overhead_J']:.3e} J, {fu['deployment_time_s']:.2e} s", _x(r["deployment_overhead"]),
+         f"{paper['deployment_overhead']}x"),
+        (f"inference energy / sample (all {steps})", f"{lo['inference_energy_J']:.3e} J",
+         f"{fu['inference_energy_J']:.3e} J", _x(r["inference_energy"]), "–"),
+        ("inference energy vs all-digital", f"{lo['inference_energy_J']:.3e} J",
+         f"{s['digital_inference_energy_J']:.3e} J (digital)", _x(r["inference_energy_vs_digital"]),
+         f"{paper['inference_energy']}x"),
+    ]
+    head = ["| figure | LoRA path | full update | full / LoRA | paper (up to) |", "|---|---|---|---|---|"]
+    return "\n".join(head + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def style_tables(summary: dict) -> str:
@@ -869,13 +906,23 @@ def per_style_table(s: dict) -> str:
     names = list(s["class_index"])
     blocks = [("float", s["pretrained"]["float"]), ("deployed", s["pretrained"]["deployed"]),
               ("LoRA forget", s["lora"]["after_forget"]), ("full forget", s["full"]["after_forget"]),
-              ("LoRA final", s["lora"]), ("full final", s["full"]), ("retrain", s["retrain"])]
+              ("LoRA final", s["lora"]), ("full final", s["full"]), ("retrain float", s["retrain"]["float"]),
+              ("retrain deployed", s["retrain"])]
     rows = ["| style | " + " | ".join(b for b, _ in blocks) + " |", "|---|" + "---|" * len(blocks)]
     for n in names:
         cells = [f"{_pct(b['per_style_rate'].get(n))} / {b['fd_per_class'].get(n, float('nan')):.1f}"
                  for _, b in blocks]
         rows.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _share(block: dict, what: str) -> str:
+    b = block["cost_breakdown"]
+    if what == "training":
+        part, total = b["training_attention_J"], b["training_J"]["total"]
+    else:
+        part, total = b["inference_attention_J_per_sample"], b["inference_J_per_sample"]["total"]
+    return f"{100 * part / total:.0f}%" if total > 0 else "–"
 
 
 def write_style_report(out: Path, s: dict) -> None:
@@ -891,6 +938,7 @@ def write_style_report(out: Path, s: dict) -> None:
         img("after_forget_lora", "after forgetting, LoRA path"), img("after_forget_full", "after forgetting, full update"),
         img("final_lora", "after learning the new styles, LoRA path"),
         img("final_full", "after learning the new styles, full update"),
+        img("retrain_float", "retrained from scratch on the kept and new styles, float"),
         img("retrain", "retrained from scratch on the kept and new styles, deployed")])
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in s["timing_s"].items())
     text = f"""# rmlora style demo
@@ -898,7 +946,7 @@ def write_style_report(out: Path, s: dict) -> None:
 **Scenario**: learn {', '.join(sc['learn'])}; deploy on `{s['preset']}`; forget {', '.join(sc['forget'])}
 (labels trained towards pure-noise images, kept styles rehearsed); add {', '.join(sc['add'])} (new adapter, the
 forget adapter active, digital embedding rows). Data: {s['dataset']['source']}. Configuration `{sc['config']}`,
-seeds {s['seeds']}{' — quick run' if sc['quick'] else ''}.
+seeds {s['seeds']}{' (every score: the mean over the seeds)' if len(s['seeds']) > 1 else ''}{' — quick run' if sc['quick'] else ''}.
 
 **Model**: `DiTTransformer2DModel` in pixel space ({mo['sample_size']}x{mo['sample_size']} RGB, patch
 {mo['patch_size']}, {mo['num_layers']} layers, {mo['num_attention_heads']} heads x {mo['attention_head_dim']},
@@ -934,7 +982,10 @@ for the full update, the write-verify of every cell that moved beyond tolerance 
 the adapters and the new embedding rows into SRAM versus write-verifying a chip in the field from the old
 model to the new one (plus the same rows). Inference energy is one complete sampling run ({mo['sampler']},
 guidance included) per sample; the last row counts the same sampling as if the whole network ran on the
-digital unit. Every constant comes from the technology profile `{s['profile']}`.
+digital unit. The attention's activation x activation products (QKᵀ, AV) have no fixed weights to store
+in the arrays: they are counted as digital MACs on every path, including the all-digital reference
+(LoRA path: {_share(s['lora'], 'training')} of the training energy, {_share(s['lora'], 'inference')} of
+the inference energy). Every constant comes from the technology profile `{s['profile']}`.
 
 ## Sample grids
 

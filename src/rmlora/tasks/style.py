@@ -58,6 +58,9 @@ class StyleDefaults(TaskDefaults):
     num_layers: int = 4
     num_attention_heads: int = 4
     attention_head_dim: int = 16
+    #: glob patterns of Linear/Conv2d layers kept digital at deployment (``deploy(exclude=...)``); the
+    #: class-embedding tables are ``nn.Embedding`` and digital anyway
+    digital_layers: tuple[str, ...] = ()
     # -- diffusion --
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
@@ -82,9 +85,9 @@ class StyleDefaults(TaskDefaults):
 
     def model_kwargs(self, n_styles: int) -> dict[str, Any]:
         """Keyword arguments of :class:`diffusers.DiTTransformer2DModel`."""
-        return dict(num_attention_heads=self.num_attention_heads, attention_head_dim=self.attention_head_dim,
-                    in_channels=3, out_channels=3, num_layers=self.num_layers, sample_size=self.image_size,
-                    patch_size=self.patch_size, num_embeds_ada_norm=n_styles, norm_type="ada_norm_zero")
+        return {"num_attention_heads": self.num_attention_heads, "attention_head_dim": self.attention_head_dim,
+                "in_channels": 3, "out_channels": 3, "num_layers": self.num_layers, "sample_size": self.image_size,
+                "patch_size": self.patch_size, "num_embeds_ada_norm": n_styles, "norm_type": "ada_norm_zero"}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,12 +102,12 @@ def style_defaults(config: str = "cpu") -> StyleDefaults:
     thread), ``cpu`` (the default, well under 30 minutes on two busy cores) or
     ``gpu`` (a bigger DiT, longer training, more samples; see docs/style.md)."""
     names = list(style_data.STYLE_NAMES)
-    common = dict(learn=names[:4], forget=[names[1], names[2]], add=[names[4], names[5]], method="noise",
-                  rank=4, alpha=8.0, targets=["*ff.net*"], seeds=1)
+    common: dict[str, Any] = {"learn": names[:4], "forget": [names[1], names[2]], "add": [names[4], names[5]],
+                              "method": "noise", "rank": 4, "alpha": 8.0, "targets": ["*ff.net*"], "seeds": 1}
     if config == "quick":
         return StyleDefaults(
             **common, config="quick",
-            pretrain=_tc(500, 3e-3, 32, 0), unlearn_lora=_tc(40, 1e-2, 32, 10), unlearn_full=_tc(40, 1e-3, 32, 10),
+            pretrain=_tc(400, 3e-3, 32, 0), unlearn_lora=_tc(40, 1e-2, 32, 10), unlearn_full=_tc(40, 1e-3, 32, 10),
             learn_lora=_tc(40, 1e-2, 32, 10), learn_full=_tc(40, 1e-3, 32, 10), rehearsal_per_class=8,
             num_layers=2, num_attention_heads=4, attention_head_dim=16, sample_steps=10, samples_per_style=8,
             prediction_type="sample", snr_gamma=None, classifier_steps=60, ema_decay=0.99, n_val=8, n_test=16)
