@@ -393,21 +393,25 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------- the demo
+def resolve_idents(ds, items, what: str) -> list[int]:
+    """Labels of the classes ``items`` (names or indices) given to option ``--what``;
+    one clear error for an unknown or repeated class."""
+    out = []
+    for it in items:
+        try:
+            out.append(ds.resolve(it))
+        except RmloraError as exc:
+            raise RmloraError(f"--{what}: {exc}") from None
+    if len(set(out)) != len(out):
+        raise RmloraError(f"--{what} names the same {ds.unit} twice")
+    return out
+
+
 def resolve_scenario(task: Task, ds, d_: TaskDefaults, cfg: DemoConfig) -> tuple[list[int], list[int], list[int]]:
     """Resolve names/indices and refuse impossible scenarios with one clear message."""
-    def res(items, what):
-        out = []
-        for it in items:
-            try:
-                out.append(ds.resolve(it))
-            except RmloraError as exc:
-                raise RmloraError(f"--{what}: {exc}") from None
-        if len(set(out)) != len(out):
-            raise RmloraError(f"--{what} names the same {task.unit} twice")
-        return out
-    learn = res(cfg.learn or d_.learn, "learn")
-    forget = res(cfg.forget or d_.forget, "forget")
-    add = res(cfg.add or d_.add, "add")
+    learn = resolve_idents(ds, cfg.learn or d_.learn, "learn")
+    forget = resolve_idents(ds, cfg.forget or d_.forget, "forget")
+    add = resolve_idents(ds, cfg.add or d_.add, "add")
     if not forget:
         raise RmloraError("the forget set is empty: name at least one learned " + task.unit)
     if not add:

@@ -51,7 +51,7 @@ from rmlora.hardware import SimulatedChip, deploy
 from rmlora.methods import TrainConfig, fit
 from rmlora.methods.paths import AdapterPath, FullPath
 from rmlora.metrics.generation import fd_per_class, sample_grid, style_rates, train_style_classifier
-from rmlora.pipeline import PAPER_RATIOS, DemoConfig, load_weights
+from rmlora.pipeline import PAPER_RATIOS, DemoConfig, load_weights, resolve_idents
 from rmlora.runinfo import new_run_dir, seed_everything, versions, write_json
 from rmlora.tasks.style import (
     CONFIGS,
@@ -132,16 +132,7 @@ def style_config(cfg: DemoConfig) -> StyleDefaults:
 def _resolve(ds, items, default, what: str) -> list[int]:
     if items is None:
         items = default
-    items = [it for it in items if not (isinstance(it, str) and not it.strip())]
-    out = []
-    for it in items:
-        try:
-            out.append(ds.resolve(it))
-        except RmloraError as exc:
-            raise RmloraError(f"--{what}: {exc}") from None
-    if len(set(out)) != len(out):
-        raise RmloraError(f"--{what} names the same style twice")
-    return out
+    return resolve_idents(ds, [it for it in items if not (isinstance(it, str) and not it.strip())], what)
 
 
 def resolve_styles(ds, d_: StyleDefaults, cfg: DemoConfig) -> tuple[list[int], list[int], list[int]]:
