@@ -497,6 +497,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
+def summary_header(task_name: str, ds, cfg: DemoConfig, method: str, learn, forget, add,
+                   per_seed: list[dict]) -> dict[str, Any]:
+    """What every summary.json starts with: task, data, preset, profile, seeds, versions, scenario."""
+    return {
+        "task": task_name,
+        "dataset": {"kind": ds.kind, "source": ds.source},
+        "preset": cfg.preset,
+        "profile": cfg.profile,
+        "seed": cfg.seed,
+        "seeds": [r["seed"] for r in per_seed],
+        "versions": versions(),
+        "scenario": {"learn": [ds.names[c] for c in learn], "forget": [ds.names[c] for c in forget],
+                     "add": [ds.names[c] for c in add], "method": method, "quick": cfg.quick},
+    }
+
+
 def summarise(task: Task, ds, cfg: DemoConfig, method: str, learn, forget, add, per_seed: list[dict]) -> dict:
     """Means over seeds (``std`` and ``per_seed`` alongside) in the documented keys."""
     def block(get) -> dict[str, Any]:
@@ -507,17 +523,7 @@ def summarise(task: Task, ds, cfg: DemoConfig, method: str, learn, forget, add, 
             b.setdefault("per_seed", {})[m] = vals
         return b
 
-    s: dict[str, Any] = {
-        "task": task.name,
-        "dataset": {"kind": ds.kind, "source": ds.source},
-        "preset": cfg.preset,
-        "profile": cfg.profile,
-        "seed": cfg.seed,
-        "seeds": [r["seed"] for r in per_seed],
-        "versions": versions(),
-        "scenario": {"learn": [ds.names[c] for c in learn], "forget": [ds.names[c] for c in forget],
-                     "add": [ds.names[c] for c in add], "method": method, "quick": cfg.quick},
-    }
+    s = summary_header(task.name, ds, cfg, method, learn, forget, add, per_seed)
     s["pretrained"] = {"float_test_acc": _mean_std([r["pretrain"]["float_test_acc"] for r in per_seed])[0],
                        **{k: _mean_std([r["deployed"][k] for r in per_seed])[0]
                           for k in ("learned_test_acc", "forget_acc", "retain_acc", "test_acc", "mia_auc")}}

@@ -51,7 +51,7 @@ from rmlora.hardware import SimulatedChip, deploy
 from rmlora.methods import TrainConfig, fit
 from rmlora.methods.paths import AdapterPath, FullPath
 from rmlora.metrics.generation import fd_per_class, sample_grid, style_rates, train_style_classifier
-from rmlora.pipeline import PAPER_RATIOS, DemoConfig, load_weights, resolve_idents
+from rmlora.pipeline import PAPER_RATIOS, DemoConfig, load_weights, resolve_idents, summary_header
 from rmlora.runinfo import new_run_dir, seed_everything, versions, write_json
 from rmlora.tasks.style import (
     CONFIGS,
@@ -783,17 +783,9 @@ def summarise(ds, cfg: DemoConfig, d_: StyleDefaults, method: str, learn, forget
               per_seed: list[dict]) -> dict[str, Any]:
     """Means over seeds in the documented keys (``std`` and ``per_seed`` of the rates alongside)."""
     m = _mean_tree(per_seed)
-    s: dict[str, Any] = {
-        "task": "style",
-        "dataset": {"kind": ds.kind, "source": ds.source},
-        "preset": cfg.preset,
-        "profile": cfg.profile,
-        "seed": cfg.seed,
-        "seeds": [r["seed"] for r in per_seed],
-        "versions": versions(),
-        "scenario": {"learn": [ds.names[c] for c in learn], "forget": [ds.names[c] for c in forget],
-                     "add": [ds.names[c] for c in add], "method": method, "quick": cfg.quick,
-                     "config": d_.config},
+    s: dict[str, Any] = summary_header("style", ds, cfg, method, learn, forget, add, per_seed)
+    s["scenario"]["config"] = d_.config
+    s |= {
         "model": {"class": "diffusers.DiTTransformer2DModel", **d_.model_kwargs(len(learn) + len(add)),
                   "parameters": sum(p.numel() for p in build_dit(d_, len(learn) + len(add), 0).parameters()),
                   "prediction_type": d_.prediction_type, "beta_schedule": d_.beta_schedule,

@@ -19,6 +19,12 @@ def name_list(names: Sequence[str], limit: int = 50) -> str:
     return ", ".join(names[: limit - 2]) + f", ... , {names[-1]}"
 
 
+def natural_key(s: str) -> tuple:
+    """Sort key ordering digit runs numerically (``s2`` < ``s10``)."""
+    parts = re.split(r"(\d+)", s)
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)) + (s,)
+
+
 class LabelledSet:
     """Mixin for dataclasses holding per-sample tensors (first dimension N), ``labels``
     (N,) indexing ``names``, and a ``source`` description. ``unit`` names a class in

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rmlora.data.base import LabelledSet
+from rmlora.data.base import LabelledSet, natural_key
 from rmlora.errors import RmloraError
 
 __all__ = [
@@ -100,12 +100,6 @@ class FaceSet(LabelledSet):
         """Side ``S`` of the square photos in pixels."""
         return int(self.images.shape[-1])
 
-
-
-def _natural_key(s: str) -> tuple:
-    """Sort key ordering digit runs numerically (``s2`` < ``s10``)."""
-    parts = re.split(r"(\d+)", s)
-    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)) + (s,)
 
 
 # ---------------------------------------------------------------------------
@@ -217,7 +211,7 @@ def load_att(root: str | os.PathLike, size: int = 16) -> FaceSet:
     names: list[str] = []
     for label, (k, d) in enumerate(idents):
         files = sorted((p for p in d.iterdir() if p.is_file() and p.suffix.lower() == ".pgm"),
-                       key=lambda p: _natural_key(p.name))
+                       key=lambda p: natural_key(p.name))
         if not files:
             raise RmloraError(f"AT&T identity folder {d} holds no .pgm photos")
         names.append(f"s{k}")
@@ -285,8 +279,8 @@ def load_olivetti(
 def _image_identity_dirs(root: Path) -> list[tuple[Path, list[Path]]]:
     out = []
     for d in sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                    key=lambda d: _natural_key(d.name)):
-        files = sorted((p for p in d.iterdir() if _is_image_file(p)), key=lambda p: _natural_key(p.name))
+                    key=lambda d: natural_key(d.name)):
+        files = sorted((p for p in d.iterdir() if _is_image_file(p)), key=lambda p: natural_key(p.name))
         if files:
             out.append((d, files))
     return out

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rmlora.data.base import LabelledSet, name_list
+from rmlora.data.base import LabelledSet, name_list, natural_key
 from rmlora.errors import RmloraError
 
 __all__ = [
@@ -121,12 +120,6 @@ class StyleSet(LabelledSet):
         """Side ``S`` of the square images in pixels."""
         return int(self.images.shape[-1])
 
-
-
-def _natural_key(s: str) -> tuple:
-    """Sort key ordering digit runs numerically (``s2`` < ``s10``)."""
-    parts = re.split(r"(\d+)", s)
-    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)) + (s,)
 
 
 def _check_size(size: int) -> int:
@@ -641,7 +634,7 @@ def _is_image_file(p: Path) -> bool:
 
 def _subdirs(p: Path) -> list[Path]:
     return sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                  key=lambda d: _natural_key(d.name))
+                  key=lambda d: natural_key(d.name))
 
 
 def _read_rgb(path: Path, size: int) -> np.ndarray:
@@ -699,7 +692,7 @@ def load_style_folder(root: str | os.PathLike, size: int = 32) -> StyleSet:
     found: list[tuple[str, str, list[Path]]] = []
     for sd in _subdirs(root):
         for cd in _subdirs(sd):
-            files = sorted((p for p in cd.iterdir() if _is_image_file(p)), key=lambda p: _natural_key(p.name))
+            files = sorted((p for p in cd.iterdir() if _is_image_file(p)), key=lambda p: natural_key(p.name))
             if files:
                 found.append((sd.name, cd.name, files))
     if not found:
@@ -707,8 +700,8 @@ def load_style_folder(root: str | os.PathLike, size: int = 32) -> StyleSet:
             f"no images in {root}: expected <style>/<content>/<image> files "
             f"({', '.join(IMAGE_EXTENSIONS)})"
         )
-    styles = sorted({s for s, _, _ in found}, key=_natural_key)
-    contents = sorted({c for _, c, _ in found}, key=_natural_key)
+    styles = sorted({s for s, _, _ in found}, key=natural_key)
+    contents = sorted({c for _, c, _ in found}, key=natural_key)
     s_index = {s: i for i, s in enumerate(styles)}
     c_index = {c: i for i, c in enumerate(contents)}
     imgs: list[np.ndarray] = []
