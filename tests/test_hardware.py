@@ -349,3 +349,19 @@ def test_moving_a_deployed_model_moves_its_cell_state():
     y = model(x.double())
     assert y.dtype == torch.float64
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_each_call_keeps_its_own_read_noise_sample_for_the_backward_pass():
+    """A layer used twice in one graph (a recurrent step) sees two noise samples; each call's
+    dL/dx uses its own (y = x·C/scale, so with x = I the sample is y itself: dL/dx = g·yᵀ)."""
+    chip = SimulatedChip(RRAM.replace(read_noise_abs_uS=2.0), seed=0, dac_bits=None, adc_bits=None)
+    torch.manual_seed(0)
+    lin = AnalogLinear.from_float(nn.Linear(4, 3, bias=False), chip, "l")
+    lin.program()
+    x1, x2 = torch.eye(4).requires_grad_(True), torch.eye(4).requires_grad_(True)
+    y1, y2 = lin(x1), lin(x2)
+    assert not torch.allclose(y1, y2)  # fresh noise per call
+    g1, g2 = torch.randn(4, 3), torch.randn(4, 3)
+    ((y1 * g1).sum() + (y2 * g2).sum()).backward()
+    assert torch.allclose(x1.grad, g1 @ y1.detach().t(), atol=1e-5)
+    assert torch.allclose(x2.grad, g2 @ y2.detach().t(), atol=1e-5)

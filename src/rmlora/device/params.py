@@ -130,6 +130,11 @@ def _validated(p: DeviceParams, where: str) -> DeviceParams:
             raise RmloraError(f"{where}: max_pulses and passes_required must be >= 1")
         if p.v_set_start_V <= p.v_set_threshold_V or p.v_reset_start_V <= p.v_reset_threshold_V:
             raise RmloraError(f"{where}: start voltages must exceed the switching thresholds")
+        if p.max_pulses + p.passes_required > 32767:
+            raise RmloraError(f"{where}: max_pulses + passes_required must stay below 32768 (int16 records)")
+    if p.c2c_sigma > 2:
+        raise RmloraError(f"{where}: c2c_sigma must be <= 2 (a per-pulse spread beyond e^2 is outside the "
+                          f"programming kernel's range), got {p.c2c_sigma}")
     if p.stuck_low_fraction + p.stuck_high_fraction > 1:
         raise RmloraError(f"{where}: stuck-at fractions add up to more than 1")
     return p

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmlora.device import mapping
+from rmlora.device import mapping, physics
 from rmlora.hardware.chip import ArrayHandle, Chip, ProgramStats
-from rmlora.hardware.converters import dac, quantise_
+from rmlora.hardware.converters import adc_sum, dac
 
 
 class CrossbarCore:
@@ -39,8 +39,20 @@ class CrossbarCore:
         self.out_features, self.in_features = out_features, in_features
         self.handle: ArrayHandle = chip.allocate(name, in_features, out_features * self.p.cells_per_weight)
         self.scale: torch.Tensor | None = None  # µS per weight unit, (out,)
-        self.signed: torch.Tensor | None = None  # (in, out) µS: G − g_ref or G+ − G−
-        self.sigma: torch.Tensor | None = None  # (in, out) µS read noise of ``signed``
+        # (row tiles · tile rows, out) µS, zero below row ``in``: G − g_ref or G+ − G−, and its read noise σ
+        self._signed: torch.Tensor | None = None
+        self._sigma: torch.Tensor | None = None
+        self._scratch_bufs: dict[str, torch.Tensor] = {}  # scratch of forward_currents (CPU float32)
+
+    @property
+    def signed(self) -> torch.Tensor:
+        """Signed conductances (in, out), µS: G − g_ref (offset) or G+ − G− (differential)."""
+        return self._signed[:self.in_features]
+
+    @property
+    def sigma(self) -> torch.Tensor | None:
+        """Read-noise σ of ``signed`` (in, out), µS, or None without read noise."""
+        return None if self._sigma is None else self._sigma[:self.in_features]
 
     def targets(self, weight: torch.Tensor) -> torch.Tensor:
         """Target conductances (µS) for ``weight`` (out, in); keeps the previous scale
@@ -58,11 +70,12 @@ class CrossbarCore:
     def refresh(self) -> None:
         """Re-read the cells (after programming or ageing) into the MVM cache."""
         g = self.chip.conductance(self.handle)
-        self.signed = mapping.signed_conductance(g, self.p).contiguous()
+        pad = self.handle.row_tiles * self.chip.tile_rows - self.in_features  # rows left empty in the last tile
+        self._signed = F.pad(mapping.signed_conductance(g, self.p), (0, 0, 0, pad)).contiguous()
         s = self.chip.read_sigma(self.handle)
         if self.p.mapping == "differential":
             s = (s[:, 0::2] ** 2 + s[:, 1::2] ** 2).sqrt()
-        self.sigma = s.contiguous() if bool((s > 0).any()) else None
+        self._sigma = F.pad(s, (0, 0, 0, pad)).contiguous() if bool((s > 0).any()) else None
 
     def effective_weight(self) -> torch.Tensor:
         """Noise-free weights (out, in) the cells encode now."""
@@ -74,48 +87,50 @@ class CrossbarCore:
 
     def mvm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """(B, in) → (B, out); ``weight`` carries the gradient of a full-update baseline."""
-        return _AnalogMVM.apply(x, weight, self)
+        keep = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        return _AnalogMVM.apply(x, weight, self, keep)
 
-    def forward_currents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Quantised output (B, out) and the signed conductance sample it used (in, out)."""
-        c = self.signed
-        if self.sigma is not None:
-            c = torch.addcmul(c, self.sigma, torch.randn(c.shape, dtype=c.dtype, device=c.device))
-        xq = dac(x, self.chip.dac_bits)
+    def forward_currents(self, x: torch.Tensor, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantised output (B, out) and the signed conductance sample it used (in, out).
+
+        ``keep``: the sample is saved for a backward pass, so it gets its own memory;
+        otherwise it, like the DAC codes and the partial currents, lives in a reused
+        scratch buffer (valid until the next call).
+        """
+        c_all = self._signed
+        if self._sigma is not None:  # one fresh read of every cell per call
+            c_all = physics.read(self._signed, self._sigma, out=None if keep else self._scratch("c", c_all))
+        c = c_all[:self.in_features]
+        xq = dac(x, self.chip.dac_bits, out=self._scratch("xq", x) if self.chip.dac_bits else None)
         bits = self.chip.adc_bits
-        rows = self.chip.tile_rows
         n_rt = self.handle.row_tiles
         if bits is None:
-            y = xq @ c
-        else:
-            if n_rt == 1:
-                part = (xq @ c).unsqueeze(0)  # (1, B, out)
-            else:
-                pad = n_rt * rows - self.in_features
-                xt = F.pad(xq, (0, pad)).view(x.shape[0], n_rt, rows).transpose(0, 1)
-                part = torch.bmm(xt, F.pad(c, (0, 0, 0, pad)).view(n_rt, rows, -1))
-            y = self._adc(part, bits).sum(0)
-        return y / self.scale, c
+            return (xq @ c) / self.scale, c
+        if n_rt == 1:
+            part = (xq @ c).unsqueeze(0)  # (1, B, out)
+        else:  # (row tiles, B, out) partial currents, one per tile
+            pad = c_all.shape[0] - self.in_features
+            xt = (F.pad(xq, (0, pad)) if pad else xq).view(x.shape[0], n_rt, -1).transpose(0, 1)
+            buf = self._scratch("part", x, (n_rt, x.shape[0], c_all.shape[1]))
+            part = torch.bmm(xt, c_all.view(n_rt, -1, c_all.shape[1]), out=buf)
+        return adc_sum(part, self.out_tile_width, bits, gain=1 / self.scale), c
 
-    def _adc(self, part: torch.Tensor, bits: int) -> torch.Tensor:
-        """Digitise (n_rt, B, out) signed partial currents, one full scale per tile.
-
-        The reference column (offset mapping) or the G− column (differential)
-        is subtracted in the analogue domain before the ADC.
-        """
-        n_rt, b, out = part.shape
-        w = self.out_tile_width
-        n_ct = -(-out // w)
-        padded = (F.pad(part, (0, n_ct * w - out)) if n_ct * w != out else part).view(n_rt, b, n_ct, w)
-        lo, hi = padded.amin(dim=(1, 3), keepdim=True), padded.amax(dim=(1, 3), keepdim=True)
-        fs = torch.maximum(-lo, hi)  # (n_rt, 1, n_ct, 1): each tile's largest |current|
-        return quantise_(padded, fs, bits).view(n_rt, b, n_ct * w)[..., :out]
+    def _scratch(self, name: str, like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
+        """A float32 CPU buffer reused across calls (fresh allocations of a few MB page-fault on
+        every call); None on other devices and dtypes, where torch allocates."""
+        shape = tuple(like.shape) if shape is None else shape
+        if like.device.type != "cpu" or like.dtype != torch.float32:
+            return None
+        buf = self._scratch_bufs.get(name)
+        if buf is None or tuple(buf.shape) != shape:
+            buf = self._scratch_bufs[name] = torch.empty(shape)
+        return buf
 
 
 class _AnalogMVM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, core: CrossbarCore):  # noqa: D401
-        y, c = core.forward_currents(x)
+    def forward(ctx, x, weight, core: CrossbarCore, keep: bool):  # noqa: D401
+        y, c = core.forward_currents(x, keep)
         ctx.core = core
         ctx.save_for_backward(x, c)
         return y
@@ -129,7 +144,7 @@ class _AnalogMVM(torch.autograd.Function):
             gx = (gy / core.scale) @ c.t()
         if ctx.needs_input_grad[1]:
             gw = gy.t() @ x
-        return gx, gw, None
+        return gx, gw, None, None
 
 
 class AnalogLayer:
@@ -143,7 +158,7 @@ class AnalogLayer:
         out = super()._apply(fn, recurse)
         core = self.__dict__.get("core")
         if core is not None:
-            for name in ("signed", "sigma", "scale"):
+            for name in ("_signed", "_sigma", "scale"):
                 t = getattr(core, name)
                 if t is not None:
                     setattr(core, name, fn(t))
