@@ -8,11 +8,15 @@ From one run it measures
     ratios. Like for like in the backward: both layers get an input that
     requires grad and a weight that requires grad (the analogue layer's
     frozen weight is switched to trainable so dL/dW is computed too);
+    Each stage of the analogue forward (read noise, DAC, tile products, ADCs)
+    is also timed alone, with warm caches;
 (b) write-verify throughput of ``rmlora.device.physics.program`` in cells per
     second on ``--cells`` fresh cells with random targets in the window.
 
-Times are medians of ``torch.utils.benchmark.Timer.blocked_autorange`` after
-a warm-up. Usage::
+The layer and its baseline are timed in alternating blocks (15 rounds of
+``torch.utils.benchmark.Timer.timeit`` after a warm-up); a ratio is the
+median of the per-round ratios, a time the median over rounds. Stages are
+medians of ``blocked_autorange``. Usage::
 
     python benchmarks/bench_core.py [--threads N] [--cells N] [--json]
 """
@@ -23,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -31,6 +36,7 @@ from torch.utils.benchmark import Timer
 
 from rmlora.device import load_preset, physics
 from rmlora.hardware import AnalogLinear, SimulatedChip
+from rmlora.hardware.converters import adc_sum, dac
 
 IN = OUT = 1024
 BATCH = 256
@@ -44,6 +50,28 @@ def median_time(fn, min_run_time: float, warmup: int = 3) -> float:
         fn()
     t = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return t.blocked_autorange(min_run_time=min_run_time).median
+
+
+def paired_times(baseline, candidate, min_run_time: float, rounds: int = 15) -> tuple[float, float, float]:
+    """Alternate timed blocks of ``baseline`` and ``candidate`` for about ``min_run_time`` s each.
+
+    Returns (median baseline s, median candidate s, median of the per-round ratios): pairing
+    the blocks keeps a slow spell of a shared machine from landing on one side only.
+    """
+    for fn in (baseline, candidate):
+        for _ in range(3):
+            fn()
+    t0 = time.perf_counter()
+    baseline()
+    number = max(1, int(min_run_time / rounds / max(time.perf_counter() - t0, 1e-6)))
+    timers = [Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+              for fn in (baseline, candidate)]
+    tb, tc = [], []
+    for _ in range(rounds):
+        tb.append(timers[0].timeit(number).median)
+        tc.append(timers[1].timeit(number).median)
+    ratios = [c / b for b, c in zip(tb, tc)]
+    return statistics.median(tb), statistics.median(tc), statistics.median(ratios)
 
 
 def layers(seed: int) -> tuple[nn.Linear, AnalogLinear, float]:
@@ -88,15 +116,32 @@ def bench_layers(min_run_time: float, seed: int) -> dict:
         return run
 
     assert analog.weight.requires_grad and analog.bias.requires_grad
-    t = {
-        "linear_forward_s": median_time(forward(plain), min_run_time),
-        "analog_forward_s": median_time(forward(analog), min_run_time),
-        "linear_train_step_s": median_time(train_step(plain), min_run_time),
-        "analog_train_step_s": median_time(train_step(analog), min_run_time),
-        "analog_layer_program_s": program_s,
-    }
+    t = stages(analog, x, min_run_time)
+    lf, af, fr = paired_times(forward(plain), forward(analog), min_run_time)
+    lt, at, tr = paired_times(train_step(plain), train_step(analog), min_run_time)
+    t.update({"linear_forward_s": lf, "analog_forward_s": af, "forward_ratio": fr,
+              "linear_train_step_s": lt, "analog_train_step_s": at, "train_step_ratio": tr,
+              "analog_layer_program_s": program_s})
     assert analog.weight.grad is not None and xg.grad is not None
     return t
+
+
+def stages(analog: AnalogLinear, x: torch.Tensor, min_run_time: float) -> dict:
+    """Median time of each stage of the analogue forward, each timed alone (warm caches)."""
+    core, chip = analog.core, analog.core.chip
+    with torch.no_grad():
+        c_all = physics.read(core._signed, core._sigma)
+        xq = dac(x, chip.dac_bits)
+        xt = xq.view(x.shape[0], core.handle.row_tiles, -1).transpose(0, 1)
+        w = c_all.view(core.handle.row_tiles, -1, c_all.shape[1])
+        part = torch.bmm(xt, w)
+        return {
+            "stage_read_noise_s": median_time(lambda: physics.read(core._signed, core._sigma), min_run_time),
+            "stage_dac_s": median_time(lambda: dac(x, chip.dac_bits), min_run_time),
+            "stage_tile_products_s": median_time(lambda: torch.bmm(xt, w), min_run_time),
+            "stage_adc_sum_s": median_time(lambda: adc_sum(part, core.out_tile_width, chip.adc_bits,
+                                                           1 / core.scale), min_run_time),
+        }
 
 
 def bench_program(cells: int, seed: int) -> dict:
@@ -134,8 +179,8 @@ def main() -> None:
     t = bench_layers(args.min_run_time, args.seed)
     t.update(bench_program(args.cells, args.seed))
     out = {
-        "forward_ratio": t["analog_forward_s"] / t["linear_forward_s"],
-        "train_step_ratio": t["analog_train_step_s"] / t["linear_train_step_s"],
+        "forward_ratio": t.pop("forward_ratio"),
+        "train_step_ratio": t.pop("train_step_ratio"),
         "program_cells_per_s": t["program_cells"] / t["program_s"],
         "machine": {
             "platform": platform.platform(),
@@ -160,6 +205,8 @@ def main() -> None:
           f"  ratio {out['forward_ratio']:.2f}")
     print(f"  forward+back   {t['analog_train_step_s'] * 1e3:9.3f} ms vs {t['linear_train_step_s'] * 1e3:8.3f} ms"
           f"  ratio {out['train_step_ratio']:.2f}")
+    print("  stages alone: " + ", ".join(f"{k[6:-2].replace('_', ' ')} {t[k] * 1e3:.2f} ms"
+                                          for k in t if k.startswith("stage_")))
     print(f"write-verify: {t['program_cells']:,} cells in {t['program_s']:.2f} s = "
           f"{out['program_cells_per_s']:,.0f} cells/s "
           f"({t['program_mean_pulses_per_cell']:.2f} pulses/cell, {t['program_failed_cells']} failed)")

@@ -43,6 +43,7 @@ class CrossbarCore:
         self._signed: torch.Tensor | None = None
         self._sigma: torch.Tensor | None = None
         self._scratch_bufs: dict[str, torch.Tensor] = {}  # scratch of forward_currents (CPU float32)
+        self._inverse: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # (scale, 1 / scale)
 
     @property
     def signed(self) -> torch.Tensor:
@@ -113,7 +114,13 @@ class CrossbarCore:
             xt = (F.pad(xq, (0, pad)) if pad else xq).view(x.shape[0], n_rt, -1).transpose(0, 1)
             buf = self._scratch("part", x, (n_rt, x.shape[0], c_all.shape[1]))
             part = torch.bmm(xt, c_all.view(n_rt, -1, c_all.shape[1]), out=buf)
-        return adc_sum(part, self.out_tile_width, bits, gain=1 / self.scale), c
+        return adc_sum(part, self.out_tile_width, bits, gain=self._inverse_scale()), c
+
+    def _inverse_scale(self) -> torch.Tensor:
+        """1 / ``scale`` (weight units per µS), recomputed only when ``scale`` is replaced."""
+        if self._inverse[0] is not self.scale:
+            self._inverse = (self.scale, 1 / self.scale)
+        return self._inverse[1]
 
     def _scratch(self, name: str, like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
         """A float32 CPU buffer reused across calls (fresh allocations of a few MB page-fault on
