@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -254,42 +252,34 @@ def test_counting_digital_rows_and_detaching():
 # profiles
 # ---------------------------------------------------------------------------
 
-def _profile_copy(tmp_path: Path, edit) -> Path:
-    doc = json.loads((PROFILE_DIR / "cmos-180nm.json").read_text())
-    edit(doc["constants"])
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def test_load_profile_by_path(tmp_path):
-    path = _profile_copy(tmp_path, lambda c: None)
+def test_load_profile_by_path(edited_copy):
+    path = edited_copy(PROFILE_DIR / "cmos-180nm.json", lambda c: None)
     assert load_profile(str(path)).to_dict() == PROF.to_dict()
 
 
-def test_load_profile_rejects_a_missing_constant(tmp_path):
-    path = _profile_copy(tmp_path, lambda c: c.pop("adc_fom_J_per_step"))
+def test_load_profile_rejects_a_missing_constant(edited_copy):
+    path = edited_copy(PROFILE_DIR / "cmos-180nm.json", lambda c: c.pop("adc_fom_J_per_step"))
     with pytest.raises(RmloraError, match="adc_fom_J_per_step"):
         load_profile(str(path))
 
 
-def test_load_profile_rejects_a_negative_constant(tmp_path):
+def test_load_profile_rejects_a_negative_constant(edited_copy):
     def edit(c):
         c["set_pulse_J"]["value"] = -5e-11
     with pytest.raises(RmloraError, match="set_pulse_J"):
-        load_profile(str(_profile_copy(tmp_path, edit)))
+        load_profile(str(edited_copy(PROFILE_DIR / "cmos-180nm.json", edit)))
 
 
-def test_load_profile_rejects_a_non_numeric_or_sourceless_constant(tmp_path):
+def test_load_profile_rejects_a_non_numeric_or_sourceless_constant(edited_copy):
     def text(c):
         c["clock_hz"]["value"] = "fast"
     with pytest.raises(RmloraError, match="clock_hz"):
-        load_profile(str(_profile_copy(tmp_path, text)))
+        load_profile(str(edited_copy(PROFILE_DIR / "cmos-180nm.json", text)))
 
     def nosource(c):
         c["clock_hz"]["source"] = ""
     with pytest.raises(RmloraError, match="clock_hz"):
-        load_profile(str(_profile_copy(tmp_path, nosource)))
+        load_profile(str(edited_copy(PROFILE_DIR / "cmos-180nm.json", nosource)))
     with pytest.raises(RmloraError):
         load_profile("no-such-profile")
 

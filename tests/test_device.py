@@ -6,10 +6,8 @@ cells; the statistical checks use a few thousand cells with a fixed seed.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -214,14 +212,6 @@ def test_ideal_preset_writes_targets_exactly():
 # load_preset refusals
 # ---------------------------------------------------------------------------
 
-def _preset_copy(tmp_path: Path, edit) -> Path:
-    doc = json.loads((PRESET_DIR / "rram-180nm.json").read_text())
-    edit(doc["constants"])
-    path = tmp_path / "edited.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
 def test_load_preset_by_name_and_by_path(tmp_path):
     copy = tmp_path / "mine.json"
     shutil.copy(PRESET_DIR / "rram-180nm.json", copy)
@@ -234,28 +224,28 @@ def test_load_preset_unknown_name():
         load_preset("no-such-preset")
 
 
-def test_load_preset_missing_constant(tmp_path):
-    path = _preset_copy(tmp_path, lambda c: c.pop("tolerance_uS"))
+def test_load_preset_missing_constant(edited_copy):
+    path = edited_copy(PRESET_DIR / "rram-180nm.json", lambda c: c.pop("tolerance_uS"))
     with pytest.raises(RmloraError, match="tolerance_uS"):
         load_preset(str(path))
 
 
-def test_load_preset_negative_constant(tmp_path):
+def test_load_preset_negative_constant(edited_copy):
     def edit(c):
         c["read_noise_abs_uS"]["value"] = -0.1
     with pytest.raises(RmloraError, match="read_noise_abs_uS"):
-        load_preset(str(_preset_copy(tmp_path, edit)))
+        load_preset(str(edited_copy(PRESET_DIR / "rram-180nm.json", edit)))
 
 
 @pytest.mark.parametrize("how", ["empty", "absent"])
-def test_load_preset_constant_without_source(tmp_path, how):
+def test_load_preset_constant_without_source(edited_copy, how):
     def edit(c):
         if how == "empty":
             c["g_min_uS"]["source"] = ""
         else:
             del c["g_min_uS"]["source"]
     with pytest.raises(RmloraError, match="g_min_uS"):
-        load_preset(str(_preset_copy(tmp_path, edit)))
+        load_preset(str(edited_copy(PRESET_DIR / "rram-180nm.json", edit)))
 
 
 def test_replace_validates_like_a_file():

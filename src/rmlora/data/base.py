@@ -31,9 +31,25 @@ class LabelledSet:
     messages ("identity", "speaker", "style")."""
 
     unit: ClassVar[str] = "class"
+    kinds: ClassVar[tuple[str, ...]] = ()  # the values ``kind`` may take
     names: list[str]
     labels: torch.Tensor
     source: str
+    kind: str
+
+    def _check_layout(self, data: torch.Tensor, expected: str, ok: bool, per_sample: Sequence[str]) -> None:
+        """Refuse a set whose ``data`` is not laid out as ``expected`` (``ok`` False), whose
+        ``per_sample`` tensors are not (N,) like it, or whose ``kind`` is not in ``kinds``."""
+        cls = type(self).__name__
+        if not ok:
+            raise RmloraError(f"{cls} data must be {expected}, got shape {tuple(data.shape)}")
+        n = data.shape[0]
+        for name in per_sample:
+            shape = tuple(getattr(self, name).shape)
+            if shape != (n,):
+                raise RmloraError(f"{cls} {name} must be ({n},) like its data, got {shape}")
+        if self.kind not in self.kinds:
+            raise RmloraError(f"{cls} kind must be one of {self.kinds}, got {self.kind!r}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -48,8 +48,6 @@ __all__ = [
 #: File suffixes :func:`load_image_folder` reads (lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".tif", ".tiff")
 
-_KINDS = ("att", "olivetti", "folder", "procedural")
-
 
 # ---------------------------------------------------------------------------
 # FaceSet
@@ -71,6 +69,7 @@ class FaceSet(LabelledSet):
     """
 
     unit = "identity"
+    kinds = ("att", "olivetti", "folder", "procedural")
     images: torch.Tensor
     labels: torch.Tensor
     photo_ids: torch.Tensor
@@ -79,16 +78,8 @@ class FaceSet(LabelledSet):
     kind: str
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.shape[1] != 1:
-            raise ValueError(f"FaceSet images must be (N, 1, S, S), got {tuple(self.images.shape)}")
-        n = self.images.shape[0]
-        if self.labels.shape != (n,) or self.photo_ids.shape != (n,):
-            raise ValueError(
-                f"FaceSet labels/photo_ids must be ({n},), got "
-                f"{tuple(self.labels.shape)} and {tuple(self.photo_ids.shape)}"
-            )
-        if self.kind not in _KINDS:
-            raise ValueError(f"FaceSet kind must be one of {_KINDS}, got {self.kind!r}")
+        self._check_layout(self.images, "(N, 1, S, S) images",
+                           self.images.dim() == 4 and self.images.shape[1] == 1, ("labels", "photo_ids"))
 
     @property
     def n_identities(self) -> int:

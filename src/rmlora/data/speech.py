@@ -73,6 +73,7 @@ class SpeechSet(LabelledSet):
     """
 
     unit = "speaker"
+    kinds = ("fsdd", "ssc", "procedural")
     spikes: torch.Tensor
     labels: torch.Tensor
     utt_ids: torch.Tensor
@@ -82,15 +83,9 @@ class SpeechSet(LabelledSet):
     words: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fsdd", "ssc", "procedural"):
-            raise RmloraError(f"unknown speech set kind {self.kind!r}")
-        n = self.spikes.shape[0]
-        if self.spikes.dim() != 3:
-            raise RmloraError(f"spikes must be (N, T, C), got shape {tuple(self.spikes.shape)}")
-        if self.labels.shape != (n,) or self.utt_ids.shape != (n,):
-            raise RmloraError("labels and utt_ids must be (N,) like spikes")
+        self._check_layout(self.spikes, "(N, T, C) spikes", self.spikes.dim() == 3, ("labels", "utt_ids"))
         if self.words is None:
-            self.words = torch.full((n,), -1, dtype=torch.int64)
+            self.words = torch.full((self.spikes.shape[0],), -1, dtype=torch.int64)
 
     @property
     def n_bins(self) -> int:

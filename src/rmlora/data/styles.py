@@ -66,8 +66,6 @@ CONTENT_NAMES = ("cat", "bird", "fish")
 #: File suffixes :func:`load_style_folder` reads (lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
-_KINDS = ("procedural", "folder")
-
 
 # ---------------------------------------------------------------------------
 # StyleSet
@@ -90,6 +88,7 @@ class StyleSet(LabelledSet):
     """
 
     unit = "style"
+    kinds = ("procedural", "folder")
     images: torch.Tensor
     labels: torch.Tensor
     contents: torch.Tensor
@@ -100,15 +99,8 @@ class StyleSet(LabelledSet):
     kind: str
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"StyleSet images must be (N, 3, S, S), got {tuple(self.images.shape)}")
-        n = self.images.shape[0]
-        for name in ("labels", "contents", "image_ids"):
-            t = getattr(self, name)
-            if t.shape != (n,):
-                raise ValueError(f"StyleSet {name} must be ({n},), got {tuple(t.shape)}")
-        if self.kind not in _KINDS:
-            raise ValueError(f"StyleSet kind must be one of {_KINDS}, got {self.kind!r}")
+        self._check_layout(self.images, "(N, 3, S, S) images", self.images.dim() == 4 and self.images.shape[1] == 3,
+                           ("labels", "contents", "image_ids"))
 
     @property
     def n_styles(self) -> int:

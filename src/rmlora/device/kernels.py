@@ -140,7 +140,7 @@ def _exp(y):
 
     Relative error below 1e-5 for |y| <= 16, from float32 rounding in the
     squarings (the truncation is below 3e-8). The c2c factor exp(c2c·x) needs
-    |y| <= 7.5·c2c, so presets and :func:`program_cells` refuse c2c_sigma > 2.
+    |y| <= 7.5·c2c, so device presets refuse c2c_sigma > 2.
     """
     z = y * _F(1 / 64)
     e = _F(1.0) + z * (_F(1.0) + z * (_F(1 / 2) + z * (_F(1 / 6) + z * (_F(1 / 24) + z * (
@@ -166,6 +166,7 @@ def _program_kernel(g0, target, d2d, stuck, seed, exact, tol, max_pulses, passes
     floor, ceil, relax_floor, relax_iter = f32(floor), f32(ceil), f32(relax_floor), f32(relax_iter)
     inv_span = f32(1.0) / (ceil - floor)
     req, cap = f32(passes_req), f32(max_pulses)
+    iters = 0 if exact else max_pulses + passes_req  # verify-and-pulse iterations at most
     for blk in nb.prange((n + WV_BLOCK - 1) // WV_BLOCK):
         lo = blk * WV_BLOCK
         m = min(n, lo + WV_BLOCK) - lo
@@ -177,7 +178,6 @@ def _program_kernel(g0, target, d2d, stuck, seed, exact, tol, max_pulses, passes
         run, passes, sp, rp = np.zeros(WV_BLOCK, f32), np.zeros(WV_BLOCK, f32), np.zeros(WV_BLOCK, f32), \
             np.zeros(WV_BLOCK, f32)
         vr, act, conv = np.zeros(WV_BLOCK, f32), np.ones(WV_BLOCK, f32), np.zeros(WV_BLOCK, f32)
-        iters = max_pulses + passes_req
         for c in range(m):
             keys[c] = _stream(seed, lo + c)
             g[c], t[c] = g0[lo + c], target[lo + c]
@@ -187,7 +187,6 @@ def _program_kernel(g0, target, d2d, stuck, seed, exact, tol, max_pulses, passes
             for c in range(m):
                 g[c] = t[c] if free[c] > 0 else g[c]
                 conv[c] = f32(1.0) if abs(g[c] - t[c]) <= max(tol, f32(1e-6)) else f32(0.0)
-            iters = 0
         for it in range(iters):
             left = 0
             for c in range(m):
@@ -240,8 +239,6 @@ def program_cells(g0: np.ndarray, target: np.ndarray, d2d: np.ndarray, stuck: np
 
     Returns (g µS float32, SET pulses, RESET pulses, verify reads (int16), converged (bool)).
     """
-    if p.c2c_sigma > 2:
-        raise ValueError(f"c2c_sigma={p.c2c_sigma} is beyond the kernel's range (<= 2)")
     n = target.shape[0]
     g = np.empty(n, np.float32)
     sp, rp, vr = (np.empty(n, np.int16) for _ in range(3))

@@ -31,6 +31,11 @@ class TrainConfig:
     eval_every: int = 25
     weight_decay: float = 0.0
 
+    @classmethod
+    def scaled(cls, steps: int, lr: float, *, scale: float = 1.0, **kw) -> TrainConfig:
+        """``steps`` times ``scale`` (a workload's quick run), never fewer than 10."""
+        return cls(steps=max(10, int(steps * scale)), lr=lr, **kw)
+
 
 class Batches:
     """Random mini-batches of (x, y) drawn with a seeded generator."""

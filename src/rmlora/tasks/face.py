@@ -6,6 +6,8 @@ add identity 5.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -68,12 +70,12 @@ class FaceTask:
     def defaults(self, quick: bool) -> TaskDefaults:
         s = 0.3 if quick else 1.0
 
-        def cfg(steps: int, lr: float, bs: int = 32, every: int = 25) -> TrainConfig:
-            return TrainConfig(steps=max(10, int(steps * s)), lr=lr, batch_size=bs, eval_every=every)
+        cfg = partial(TrainConfig.scaled, scale=s, batch_size=32)
         return TaskDefaults(
             learn=[0, 1, 2, 3, 4], forget=[2], add=[5], method="ga",
-            pretrain=cfg(800, 5e-3), unlearn_lora=cfg(200, 1e-2, every=10), unlearn_full=cfg(200, 2e-3, every=10),
-            learn_lora=cfg(300, 1e-2, every=10), learn_full=cfg(300, 2e-3, every=10),
+            pretrain=cfg(800, 5e-3),
+            unlearn_lora=cfg(200, 1e-2, eval_every=10), unlearn_full=cfg(200, 2e-3, eval_every=10),
+            learn_lora=cfg(300, 1e-2, eval_every=10), learn_full=cfg(300, 2e-3, eval_every=10),
             rank=4, alpha=8.0, targets=["*channel_fc*", "head"], rehearsal_per_class=3, forget_weight=1.0,
             seeds=1 if quick else 5,
             # gradient ascent stops pushing a forget photo once its loss exceeds ga_cap (nats): a little

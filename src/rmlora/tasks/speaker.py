@@ -7,6 +7,8 @@ relabelling), add speaker 5.
 
 from __future__ import annotations
 
+from functools import partial
+
 import snntorch
 import torch
 from torch import nn
@@ -98,12 +100,12 @@ class SpeakerTask:
         s = 0.3 if quick else 1.0
         self.max_train = 80 if quick else 200
 
-        def cfg(steps: int, lr: float, bs: int = 64, every: int = 25) -> TrainConfig:
-            return TrainConfig(steps=max(10, int(steps * s)), lr=lr, batch_size=bs, eval_every=every)
+        cfg = partial(TrainConfig.scaled, scale=s, batch_size=64)
         return TaskDefaults(
             learn=[0, 1, 2, 3, 4], forget=[1], add=[5], method="relabel",
-            pretrain=cfg(600, 2e-3), unlearn_lora=cfg(150, 5e-3, every=10), unlearn_full=cfg(150, 1e-3, every=10),
-            learn_lora=cfg(200, 5e-3, every=10), learn_full=cfg(200, 1e-3, every=10),
+            pretrain=cfg(600, 2e-3),
+            unlearn_lora=cfg(150, 5e-3, eval_every=10), unlearn_full=cfg(150, 1e-3, eval_every=10),
+            learn_lora=cfg(200, 5e-3, eval_every=10), learn_full=cfg(200, 1e-3, eval_every=10),
             # rehearsal: utterances per kept speaker replayed while forgetting and learning. On FSDD
             # (2 seeds) the kept speakers ended 5 test points below the deployed model with 20,
             # 2.5 with 60 and 1.0 with 100.
