@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from rmlora.data.base import LabelledSet, natural_key
+from rmlora.data.images import check_size, is_image_file, read_square
 from rmlora.errors import RmloraError
 
 __all__ = [
@@ -100,28 +101,7 @@ class FaceSet(LabelledSet):
 
 def _read_photo(path: Path, size: int) -> np.ndarray:
     """Read one photo: greyscale, central square crop, resized; float32 (size, size) in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                if im.mode == "F" and arr.max() <= 1.0:
-                    hi = 1.0
-                grey = Image.fromarray((np.clip(arr / hi, 0, 1)).astype(np.float32), mode="F")
-            else:
-                grey = im.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise RmloraError(f"cannot read image {path}: {exc}") from exc
-    w, h = grey.size
-    if w < 1 or h < 1:
-        raise RmloraError(f"cannot read image {path}: empty image")
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    sq = grey.crop((left, top, left + side, top + side))
-    return _resize_square(sq, size)
+    return _resize_square(read_square(path, colour=False), size)
 
 
 def _resize_square(img, size: int) -> np.ndarray:
@@ -133,12 +113,6 @@ def _resize_square(img, size: int) -> np.ndarray:
         img = img.resize((size, size), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / np.float32(scale)
     return np.clip(arr, 0.0, 1.0)
-
-
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
-        raise RmloraError(f"image size must be an integer >= 2, got {size!r}")
-    return int(size)
 
 
 def _build_set(
@@ -153,10 +127,6 @@ def _build_set(
         source=source,
         kind=kind,
     )
-
-
-def _is_image_file(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _att_identity_dirs(root: Path) -> list[tuple[int, Path]]:
@@ -188,7 +158,7 @@ def load_att(root: str | os.PathLike, size: int = 16) -> FaceSet:
     Returns a FaceSet with images ``(N, 1, size, size)`` float32 in ``[0, 1]``
     (``N = 400`` for the full database), names ``"s1"``, ``"s2"``, ...
     """
-    size = _check_size(size)
+    size = check_size(size, 2)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise RmloraError(f"AT&T faces folder {root} does not exist")
@@ -233,7 +203,7 @@ def load_olivetti(
     Returns images ``(400, 1, size, size)`` float32 in ``[0, 1]``, names
     ``"olivetti-0"`` .. ``"olivetti-39"``.
     """
-    size = _check_size(size)
+    size = check_size(size, 2)
     home = _sklearn_data_home(data_home)
     if not download and not home.is_dir():
         # Checked here so that looking does not create the cache folder.
@@ -271,7 +241,8 @@ def _image_identity_dirs(root: Path) -> list[tuple[Path, list[Path]]]:
     out = []
     for d in sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
                     key=lambda d: natural_key(d.name)):
-        files = sorted((p for p in d.iterdir() if _is_image_file(p)), key=lambda p: natural_key(p.name))
+        files = sorted((p for p in d.iterdir() if is_image_file(p, IMAGE_EXTENSIONS)),
+                       key=lambda p: natural_key(p.name))
         if files:
             out.append((d, files))
     return out
@@ -286,7 +257,7 @@ def load_image_folder(root: str | os.PathLike, size: int = 16) -> FaceSet:
     ``s10``); the folder name is the identity name. Returns images
     ``(N, 1, size, size)`` float32 in ``[0, 1]``.
     """
-    size = _check_size(size)
+    size = check_size(size, 2)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise RmloraError(f"image folder {root} does not exist")
@@ -444,7 +415,7 @@ def make_procedural(
     ``(n_identities * photos_per_identity, 1, size, size)`` float32 in
     ``[0, 1]``, names ``"proc-0"``, ``"proc-1"``, ...
     """
-    size = _check_size(size)
+    size = check_size(size, 2)
     if n_identities < 1 or photos_per_identity < 1:
         raise RmloraError(
             f"procedural faces need at least 1 identity and 1 photo each, got "
@@ -493,7 +464,7 @@ def load_faces(
     Nothing is ever downloaded unless ``download=True``. Check
     ``FaceSet.kind`` / ``FaceSet.source`` for what was used.
     """
-    size = _check_size(size)
+    size = check_size(size, 2)
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not root.is_dir():

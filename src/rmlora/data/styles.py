@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from rmlora.data.base import LabelledSet, name_list, natural_key
+from rmlora.data.images import check_size, is_image_file, read_square
 from rmlora.errors import RmloraError
 
 __all__ = [
@@ -112,12 +113,6 @@ class StyleSet(LabelledSet):
         """Side ``S`` of the square images in pixels."""
         return int(self.images.shape[-1])
 
-
-
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 4:
-        raise RmloraError(f"image size must be an integer >= 4, got {size!r}")
-    return int(size)
 
 
 # ---------------------------------------------------------------------------
@@ -588,7 +583,7 @@ def make_procedural(
     ordered style-major, then content, then image. Returns images
     ``(n_styles * n_contents * per_pair, 3, size, size)`` float32 in ``[0, 1]``.
     """
-    size = _check_size(size)
+    size = check_size(size, 4)
     for what, val, hi in (("n_styles", n_styles, len(STYLE_NAMES)), ("n_contents", n_contents, len(CONTENT_NAMES))):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or not 1 <= val <= hi:
             raise RmloraError(f"procedural styles: {what} must be an integer in 1..{hi}, got {val!r}")
@@ -620,10 +615,6 @@ def make_procedural(
 # ---------------------------------------------------------------------------
 
 
-def _is_image_file(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def _subdirs(p: Path) -> list[Path]:
     return sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
                   key=lambda d: natural_key(d.name))
@@ -631,31 +622,10 @@ def _subdirs(p: Path) -> list[Path]:
 
 def _read_rgb(path: Path, size: int) -> np.ndarray:
     """Read one image: RGB, central square crop, resized; float32 (3, size, size) in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                rgb = Image.alpha_composite(white, rgba).convert("RGB")
-            elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                if im.mode == "F" and arr.max() <= 1.0:
-                    hi = 1.0
-                rgb = Image.fromarray((np.clip(arr / hi, 0, 1) * 255).astype(np.uint8), mode="L").convert("RGB")
-            else:
-                rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise RmloraError(f"cannot read image {path}: {exc}") from exc
-    w, h = rgb.size
-    if w < 1 or h < 1:
-        raise RmloraError(f"cannot read image {path}: empty image")
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    sq = rgb.crop((left, top, left + side, top + side))
+    sq = read_square(path, colour=True)
+    side = sq.size[0]
     if sq.size != (size, size):
         sq = sq.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0 if side > 3 * size else None)
     arr = np.asarray(sq, dtype=np.float32) / np.float32(255.0)
@@ -677,14 +647,15 @@ def load_style_folder(root: str | os.PathLike, size: int = 32) -> StyleSet:
     Raises :class:`RmloraError` if ``root`` is missing, holds no
     ``<style>/<content>/<image>`` files, or an image cannot be read.
     """
-    size = _check_size(size)
+    size = check_size(size, 4)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise RmloraError(f"style image folder {root} does not exist")
     found: list[tuple[str, str, list[Path]]] = []
     for sd in _subdirs(root):
         for cd in _subdirs(sd):
-            files = sorted((p for p in cd.iterdir() if _is_image_file(p)), key=lambda p: natural_key(p.name))
+            files = sorted((p for p in cd.iterdir() if is_image_file(p, IMAGE_EXTENSIONS)),
+                           key=lambda p: natural_key(p.name))
             if files:
                 found.append((sd.name, cd.name, files))
     if not found:
