@@ -28,20 +28,19 @@ from rmlora.metrics.generation import (
     style_rates,
     train_style_classifier,
 )
+from rmlora.threads import limit_threads
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with limit_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def small() -> StyleSet:
-    torch.set_num_threads(1)
-    return make_procedural(per_pair=20, seed=0)
+    with limit_threads(1):
+        return make_procedural(per_pair=20, seed=0)
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,10 @@ row add its MACs and SRAM weight reads. With ``as_digital=True`` the
 analogue layers are counted as if the whole network ran on the digital unit
 (INT8 MACs with weights read from SRAM): the digital reference.
 
+Modules take part through the :class:`Countable` protocol (the analogue
+layers of :mod:`rmlora.hardware`, :class:`rmlora.adapters.DigitalRows`);
+peft's LoRA layers are recognised as they are.
+
 Conventions (documented in docs/costs.md): the digital unit reads a
 layer's adapter weights from SRAM once per sample and reuses them for that
 sample's rows (tokens, time steps); there is no reuse across the samples of
@@ -18,12 +22,31 @@ both paths.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from rmlora.costs.ledger import Ledger
+
+ANALOG, DIGITAL = "analog", "digital"
+
+
+@runtime_checkable
+class Countable(Protocol):
+    """A module whose work :func:`counting` counts.
+
+    ``rmlora_counting`` is ``"analog"``: the module adds its own DAC/array/ADC
+    work to its ``ledger`` attribute while that is set (None otherwise), or
+    ``"digital"``: counting hooks the module's forward. ``digital_weights()``
+    is the number of weights the digital unit multiplies per output row: the
+    module's digital work, or for an analogue layer the digital reference's
+    (``as_digital``); 0 counts nothing.
+    """
+
+    rmlora_counting: str
+
+    def digital_weights(self) -> int: ...
 
 
 def _digital_hook(ledger: Ledger, weights_of, bits: int):
@@ -40,7 +63,12 @@ def _digital_hook(ledger: Ledger, weights_of, bits: int):
     return hook
 
 
+def _own_weights(module: Countable) -> int:
+    return module.digital_weights()
+
+
 def _lora_weights(layer) -> int:
+    """Weights of a peft ``LoraLayer``'s active adapters (A and B) per output row."""
     total = 0
     for name in layer.active_adapters:
         if name in layer.lora_A:
@@ -50,28 +78,31 @@ def _lora_weights(layer) -> int:
 
 @contextmanager
 def counting(model: nn.Module, ledger: Ledger, *, as_digital: bool = False, bits: int = 8) -> Iterator[Ledger]:
-    """Attach ``ledger`` to ``model`` for the duration of the block."""
+    """Attach ``ledger`` to every :class:`Countable` module and peft ``LoraLayer``
+    of ``model`` for the block (an analogue layer's previous ledger is put back);
+    ``bits``: width of the digital weights read from SRAM."""
     from peft.tuners.lora import LoraLayer
 
-    from rmlora.adapters.head import DigitalRows
-    from rmlora.hardware.layers import AnalogLayer
-
     hooks = []
-    analog = [m for m in model.modules() if isinstance(m, AnalogLayer)]
-    for m in analog:
-        if as_digital:
-            hooks.append(m.register_forward_hook(_digital_hook(ledger, lambda mod: mod.weight.numel(), bits)))
-        else:
-            m.ledger = ledger
+    analog = []
     for m in model.modules():
-        if isinstance(m, LoraLayer):
+        if isinstance(m, Countable):
+            kind = m.rmlora_counting
+            if kind not in (ANALOG, DIGITAL):
+                raise ValueError(f"{type(m).__name__}.rmlora_counting must be {ANALOG!r} or {DIGITAL!r}, got {kind!r}")
+            if kind == ANALOG and not as_digital:
+                analog.append(m)
+            else:
+                hooks.append(m.register_forward_hook(_digital_hook(ledger, _own_weights, bits)))
+        elif isinstance(m, LoraLayer):
             hooks.append(m.register_forward_hook(_digital_hook(ledger, _lora_weights, bits)))
-        elif isinstance(m, DigitalRows) and not isinstance(m.rows, AnalogLayer):
-            hooks.append(m.rows.register_forward_hook(_digital_hook(ledger, lambda mod: mod.weight.numel(), bits)))
+    before = [m.ledger for m in analog]
+    for m in analog:
+        m.ledger = ledger
     try:
         yield ledger
     finally:
         for h in hooks:
             h.remove()
-        for m in analog:
-            m.ledger = None
+        for m, led in zip(analog, before):
+            m.ledger = led

@@ -25,17 +25,16 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from rmlora.data.base import LabelledSet
 from rmlora.errors import RmloraError
+from rmlora.threads import limit_threads
 
 __all__ = [
     "SpeechSet",
@@ -266,7 +265,8 @@ class CochleaEncoder:
         return _bin_mean(z, bins, self.n_bins)
 
     def __call__(self, wave: np.ndarray | torch.Tensor, sr: int) -> torch.Tensor:
-        with _single_thread():
+        # the per-utterance tensors are tiny: intra-op threads on a busy machine make encoding ~30x slower
+        with limit_threads(1):
             return self._encode(wave, sr)
 
     def _encode(self, wave: np.ndarray | torch.Tensor, sr: int) -> torch.Tensor:
@@ -286,21 +286,6 @@ class CochleaEncoder:
         out = torch.zeros(self.n_bins, z.shape[1])
         out.index_add_(0, bins, fired.float())
         return (out > 0).to(torch.float32)
-
-
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch on one thread: the per-utterance tensors are tiny, and intra-op
-    threads on a busy machine make encoding ~30x slower."""
-    before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _bin_mean(z: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:

@@ -21,13 +21,13 @@ chip's seed keep every run reproducible.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numba as nb
 import numpy as np
 import torch
 from numba.cpython.unsafe.numbers import leading_zeros
+
+from rmlora.threads import limit_threads
 
 BLOCK = 8192  # cells per stream of a read: the unit of parallel work
 
@@ -91,22 +91,6 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
     return int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64))
 
 
-@contextmanager
-def torch_threads() -> Iterator[None]:
-    """Run the kernels inside on as many threads as torch is set to use.
-
-    numba's OpenMP pool shares torch's runtime and resets its thread count when
-    it starts; the count torch had is put back afterwards.
-    """
-    n = torch.get_num_threads()
-    nb.set_num_threads(max(1, min(n, nb.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-
-
 @nb.njit(inline="always", **FAST)
 def _read_block(key, mean, sigma, out):
     h = mean.shape[0] // 2
@@ -130,7 +114,7 @@ def _read_kernel(mean, sigma, seed, out):
 
 def read_sample(mean: np.ndarray, sigma: np.ndarray, seed: int, out: np.ndarray) -> None:
     """``out = mean + sigma·N(0, 1)`` over flat float32 arrays (µS), one fresh draw per cell."""
-    with torch_threads():
+    with limit_threads():  # numba's pool on torch's thread count
         _read_kernel(mean, sigma, seed, out)
 
 
@@ -243,7 +227,7 @@ def program_cells(g0: np.ndarray, target: np.ndarray, d2d: np.ndarray, stuck: np
     g = np.empty(n, np.float32)
     sp, rp, vr = (np.empty(n, np.int16) for _ in range(3))
     cv = np.empty(n, np.bool_)
-    with torch_threads():
+    with limit_threads():  # numba's pool on torch's thread count
         _program_kernel(g0, target, d2d, stuck, seed, p.programming == "exact", p.tolerance_uS, p.max_pulses,
                         p.passes_required, p.v_set_start_V, p.v_reset_start_V, p.v_step_V, p.v_set_max_V,
                         p.v_reset_max_V, p.v_set_threshold_V, p.v_reset_threshold_V, p.set_gain_uS_per_V,

@@ -12,7 +12,8 @@ import numba as nb
 import numpy as np
 import torch
 
-from rmlora.device.kernels import FAST, torch_threads
+from rmlora.device.kernels import FAST
+from rmlora.threads import limit_threads
 
 
 def levels(bits: int) -> int:
@@ -47,7 +48,7 @@ def adc_sum(part: torch.Tensor, width: int, bits: int, gain: torch.Tensor | None
     if part.device.type == "cpu" and part.dtype == torch.float32:
         g = torch.ones(out) if gain is None else gain.detach().float().contiguous()
         y = torch.empty(b, out)
-        with torch_threads():
+        with limit_threads():
             _adc_sum_kernel(part.detach().contiguous().numpy(), width, np.float32(levels(bits)), g.numpy(),
                             y.numpy())
         return y
@@ -94,7 +95,7 @@ def dac(x: torch.Tensor, bits: int | None, out: torch.Tensor | None = None) -> t
         return x
     if x.device.type == "cpu" and x.dtype == torch.float32:
         out = torch.empty(x.shape) if out is None else out
-        with torch_threads():
+        with limit_threads():
             _dac_kernel(x.detach().contiguous().view(-1).numpy(), np.float32(levels(bits)), out.view(-1).numpy())
         return out
     lo, hi = torch.aminmax(x)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rmlora.costs.counting import ANALOG
 from rmlora.device import mapping, physics
 from rmlora.hardware.chip import ArrayHandle, Chip, ProgramStats
 from rmlora.hardware.converters import adc_sum, dac
@@ -100,7 +101,8 @@ class CrossbarCore:
         """
         c_all = self._signed
         if self._sigma is not None:  # one fresh read of every cell per call
-            c_all = physics.read(self._signed, self._sigma, out=None if keep else self._scratch("c", c_all))
+            c_all = physics.read(self._signed, self._sigma, getattr(self.chip, "generator", None),
+                                 out=None if keep else self._scratch("c", c_all))
         c = c_all[:self.in_features]
         xq = dac(x, self.chip.dac_bits, out=self._scratch("xq", x) if self.chip.dac_bits else None)
         bits = self.chip.adc_bits
@@ -155,10 +157,18 @@ class _AnalogMVM(torch.autograd.Function):
 
 
 class AnalogLayer:
-    """Mixin shared by the analogue layers: the core, the ledger hook, (re)programming."""
+    """Mixin shared by the analogue layers: the core, the ledger hook, (re)programming.
+
+    Implements :class:`rmlora.costs.counting.Countable` as an analogue layer.
+    """
 
     core: CrossbarCore
     ledger = None  # a rmlora.costs.Ledger while counting
+    rmlora_counting = ANALOG
+
+    def digital_weights(self) -> int:
+        """Weights (count) per output row of this layer on the digital unit (the digital reference)."""
+        return self.weight.numel()
 
     def _apply(self, fn, recurse: bool = True):
         """``.to(device)``/``.double()`` move the cached cell state with the parameters."""

@@ -18,7 +18,8 @@ from rmlora.errors import RmloraError
 __all__ = ["predict", "accuracy", "per_class_accuracy", "per_sample_loss", "avg_gap"]
 
 
-def _model_device(model: torch.nn.Module) -> torch.device | None:
+def model_device(model: torch.nn.Module) -> torch.device | None:
+    """Device of ``model``'s first parameter (else buffer); None for a model with neither."""
     for p in model.parameters():
         return p.device
     for b in model.buffers():
@@ -47,7 +48,7 @@ def predict(
         raise RmloraError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
-    device = _model_device(model)
+    device = model_device(model)
     try:
         n = len(x)
         if n == 0:

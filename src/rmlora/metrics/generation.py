@@ -22,9 +22,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rmlora.errors import RmloraError
+from rmlora.metrics.classification import model_device
+from rmlora.threads import limit_threads
 
 __all__ = [
     "StyleClassifier",
@@ -95,27 +95,6 @@ class StyleClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    if n is None or n == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _as_images(x, name: str) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.dim() != 4:
@@ -134,7 +113,8 @@ def _as_labels(y, n: int, name: str) -> torch.Tensor:
 def _run(model: nn.Module, x: torch.Tensor, fn, batch_size: int = 256) -> torch.Tensor:
     was = model.training
     model.eval()
-    dev = _model_device(model)
+    dev = model_device(model)
+    dev = torch.device("cpu") if dev is None else dev
     try:
         out = [fn(x[i : i + batch_size].to(dev).float()).detach().float().cpu() for i in range(0, len(x), batch_size)]
     finally:
@@ -209,7 +189,7 @@ def train_style_classifier(
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
             raise RmloraError(f"{name} holds labels outside 0..{n_classes - 1}")
     device = torch.device(device)
-    with _threads(num_threads):
+    with limit_threads(num_threads):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(int(seed))
         model = StyleClassifier(n_classes, in_channels=train_x.shape[1], widths=widths).to(device)
@@ -307,19 +287,6 @@ def _as_np2d(a, name: str) -> np.ndarray:
     return a
 
 
-@contextmanager
-def _blas_one_thread() -> Iterator[None]:
-    """Limit numpy/scipy BLAS to one thread: the matrices are small (D ~ 128) and
-    threaded BLAS on a busy machine is ~100x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - comes with scikit-learn
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def frechet_distance(feats_a, feats_b, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (as in FID).
 
@@ -360,7 +327,8 @@ def frechet_distance(feats_a, feats_b, eps: float = 1e-6) -> float:
             out = out[0]
         return np.asarray(out)
 
-    with _blas_one_thread():
+    # the matrices are small (D ~ 128): threaded BLAS on a busy machine is ~100x slower
+    with limit_threads(blas=1):
         if singular(s_a) or singular(s_b):
             s_a, s_b = s_a + off * np.eye(dim), s_b + off * np.eye(dim)
         covmean = root(s_a @ s_b)
