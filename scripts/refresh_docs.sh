@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Regenerates the figures and tables that README.md and docs/ show, from the demos themselves.
+# Regenerates every figure and table that README.md and docs/ show, from the runs themselves.
 #   bash scripts/refresh_docs.sh [DATA_DIR]   (DATA_DIR holds att_faces/ and fsdd/; default ../shared/data)
+# Runs (2-core CPU, one thread each): face ~5 min, face sequence ~3 min, speaker ~15 min, style ~16 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/data}"
 runs="$(mktemp -d)"
-for task in face speaker; do
-  rmlora demo --task "$task" --data-dir "$data" --out "$runs/$task" --no-progress
-  mkdir -p "docs/$task-demo"
-  cp "$runs/$task"/report.md "$runs/$task"/*.png "$runs/$task"/summary.json "docs/$task-demo/"
-done
-echo "copied into docs/face-demo and docs/speaker-demo; paste docs/face-demo/report.md's tables into README.md"
+run() {  # run NAME ARGS...: one scenario into docs/NAME
+  local name="$1"; shift
+  rmlora demo "$@" --out "$runs/$name" --no-progress
+  rm -rf "docs/$name" && mkdir -p "docs/$name"
+  cp "$runs/$name"/report.md "$runs/$name"/*.png "$runs/$name"/summary.json "docs/$name/"
+}
+run face-demo --workload face --data-dir "$data"
+run face-sequence --workload face --data-dir "$data" --seeds 3 --requests "forget:s3,add:s6,forget:s1,add:s7,undo:1"
+run speaker-demo --workload speaker --data-dir "$data"
+run style-demo --workload style
+python3 scripts/readme_tables.py README.md docs/face-demo/summary.json
+echo "regenerated docs/face-demo, docs/face-sequence, docs/speaker-demo, docs/style-demo and README.md's tables"

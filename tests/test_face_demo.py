@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from rmlora import records
 from rmlora.cli import main
+from rmlora.scenario import ScenarioResult
 
 DATA = Path(os.environ.get("RMLORA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PATH_KEYS = ("forget_acc", "retain_acc", "test_acc", "new_class_acc", "mia_auc")
@@ -32,49 +33,55 @@ def att_run(tmp_path_factory):
     return out, res
 
 
+def _result(out: Path) -> ScenarioResult:
+    return ScenarioResult.from_dict(json.loads((out / "summary.json").read_text()))
+
+
 def test_summary_has_the_documented_keys(att_run):
     out, _ = att_run
-    s = json.loads((out / "summary.json").read_text())
-    assert s["dataset"]["kind"] == "att" and "att_faces" in s["dataset"]["source"]
-    assert s["preset"] == "rram-180nm" and s["seed"] == 0 and "torch" in s["versions"]
-    assert s["scenario"] == {"learn": ["s1", "s2", "s3", "s4", "s5"], "forget": ["s3"], "add": ["s6"],
-                             "method": "ga", "quick": True}
-    for p in ("lora", "full", "retrain"):
-        for k in PATH_KEYS:
-            assert k in s[p]
+    r = _result(out)
+    assert r.dataset["kind"] == "att" and "att_faces" in r.dataset["source"]
+    assert r.chip["preset"] == "rram-180nm" and r.seeds == [0] and "torch" in r.environment["versions"]
+    assert r.requests == ["learn:s1+s2+s3+s4+s5", "forget:s3", "add:s6"]
+    assert r.method == "ga" and r.configuration == "quick"
+    s = r.per_seed[0]
+    for q in s.requests:
+        for p in ("lora", "full", "retrain"):
+            assert set(PATH_KEYS) <= set(q.paths[p].metrics), (q.request, p)
     for p in ("lora", "full"):
         for k in COST_KEYS:
-            assert s[p]["costs"][k] > 0
+            assert s.paths[p].costs[k] > 0
     for k in ("training_cost", "deployment_overhead", "inference_energy"):
-        assert s["ratios"][k] > 0
+        assert s.ratios[k] > 0
 
 
 def test_adapter_path_forgets_and_learns(att_run):
     out, _ = att_run
-    s = json.loads((out / "summary.json").read_text())
+    r = _result(out)
     # identity s3 is recognised before and not after forgetting; s6 is learned
-    assert s["pretrained"]["forget_acc"] >= 0.5
-    assert s["lora"]["after_forget"]["forget_acc"] <= 0.2
-    assert s["lora"]["forget_acc"] <= 0.2  # still forgotten after learning s6
-    assert s["lora"]["new_class_acc"] >= 0.5
-    assert s["lora"]["retain_acc"] >= 0.7
+    assert r.metric("lora", "forget_acc", 0)["mean"] >= 0.5
+    assert r.metric("lora", "forget_acc", 1)["mean"] <= 0.2
+    assert r.metric("lora", "forget_acc")["mean"] <= 0.2  # still forgotten after learning s6
+    assert r.metric("lora", "new_class_acc")["mean"] >= 0.5
+    assert r.metric("lora", "retain_acc")["mean"] >= 0.7
 
 
 def test_adapter_deployment_never_reprograms_cells(att_run):
     out, _ = att_run
-    s = json.loads((out / "summary.json").read_text())
+    s = _result(out).per_seed[0]
     # the adapter path only writes SRAM: no pulse energy in its deployment, so it is far cheaper in time
-    assert s["lora"]["costs"]["deployment_time_s"] < s["full"]["costs"]["deployment_time_s"]
-    assert s["full"]["reprogrammed_cells_during_training"] > 0
+    assert s.paths["lora"].costs["deployment_time_s"] < s.paths["full"].costs["deployment_time_s"]
+    assert s.paths["lora"].breakdown["deployment_J"]["write_verify"] == 0
+    assert s.paths["full"].reprogrammed_cells > 0 and s.paths["lora"].reprogrammed_cells == 0
 
 
 def test_run_folder_files(att_run):
     out, res = att_run
-    for f in ("report.md", "summary.json", "run.json", "per_seed.json", "deletion_ledger.jsonl",
-              "accuracy_stages.png", "accuracy_per_class.png", "costs.png"):
+    for f in ("report.md", "summary.json", "run.json", "deletion_ledger.jsonl", "accuracy_requests.png",
+              "costs.png"):
         assert (out / f).is_file(), f
     w = out / "weights"
-    adapter = load_file(str(w / "adapter-forget-s3.safetensors"))
+    adapter = load_file(str(w / "adapter-1-forget-s3.safetensors"))
     assert any(k.endswith(".codes") for k in adapter)
     assert all(v.dtype.is_floating_point is False for k, v in adapter.items() if k.endswith(".codes"))
     assert (w / "pretrained.safetensors").is_file() and (w / "chip-cells.safetensors").is_file()
@@ -82,7 +89,7 @@ def test_run_folder_files(att_run):
     assert len(entries) == 1 and entries[0]["forgotten"] == ["s3"]
     assert "| adapter path (LoRA) |" in res.output and "report.md" in res.output
     report = (out / "report.md").read_text()
-    assert "accuracy_stages.png" in report and "147.76" in report
+    assert "accuracy_requests.png" in report and "147.76" in report
 
 
 def test_existing_run_is_not_overwritten(att_run):
@@ -116,10 +123,10 @@ def test_procedural_faces_when_no_data(tmp_path, monkeypatch):
     monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "sk"))
     res = _run(["--out", str(tmp_path / "p"), "--seeds", "1", "--forget", "proc-1", "--method", "relabel"])
     assert res.exit_code == 0, res.output
-    s = json.loads((tmp_path / "p" / "summary.json").read_text())
-    assert s["dataset"]["kind"] == "procedural"
-    assert s["scenario"]["forget"] == ["proc-1"] and s["scenario"]["method"] == "relabel"
-    assert s["lora"]["after_forget"]["forget_acc"] < s["pretrained"]["forget_acc"]
+    r = _result(tmp_path / "p")
+    assert r.dataset["kind"] == "procedural"
+    assert r.requests[1] == "forget:proc-1" and r.method == "relabel"
+    assert r.metric("lora", "forget_acc", 1)["mean"] < r.metric("lora", "forget_acc", 0)["mean"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -127,6 +134,8 @@ def test_procedural_faces_when_no_data(tmp_path, monkeypatch):
     (["--forget", "0,1,2,3,4"], "cannot forget every learned"),
     (["--forget", "7"], "must name learned"),
     (["--add", "1"], "not learned yet"),
+    (["--forget", ""], "--forget is empty"),
+    (["--requests", "forget:s3,undo:2"], "no earlier request 2"),
     (["--method", "nope"], "unknown method"),
     (["--preset", "nope"], "unknown device preset"),
 ])

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmlora.methods import METHODS, Batches, TrainConfig, fit, make_objective, snapshot
+from rmlora.config import TrainConfig
+from rmlora.methods import METHODS, Batches, fit, make_objective, snapshot
 from rmlora.metrics import accuracy
 
 

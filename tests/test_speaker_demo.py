@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from rmlora import records
 from rmlora.cli import main
+from rmlora.scenario import ScenarioResult
 
 DATA = Path(os.environ.get("RMLORA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -23,34 +24,34 @@ def run(tmp_path_factory):
     res = CliRunner().invoke(main, ["demo", "--task", "speaker", "--quick", "--no-progress", "--data-dir", str(DATA),
                                     "--out", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    return out, json.loads((out / "summary.json").read_text())
+    return out, ScenarioResult.from_dict(json.loads((out / "summary.json").read_text()))
 
 
 def test_speaker_scenario_forgets_enrols_and_keeps_forgotten(run):
-    _, s = run
-    assert s["dataset"]["kind"] == "fsdd"
-    assert s["scenario"]["learn"] == ["george", "jackson", "lucas", "nicolas", "theo"]
-    assert s["scenario"]["forget"] == ["jackson"] and s["scenario"]["add"] == ["yweweler"]
-    assert s["scenario"]["method"] == "relabel"
-    assert s["pretrained"]["float_test_acc"] >= 0.85
-    assert s["lora"]["after_forget"]["forget_acc"] <= 0.05
-    assert s["lora"]["forget_acc"] <= 0.05  # still forgotten after enrolling the new speaker
-    assert s["lora"]["new_class_acc"] >= 0.7
-    assert s["lora"]["retain_acc"] >= 0.8
+    _, r = run
+    assert r.dataset["kind"] == "fsdd"
+    assert r.requests == ["learn:george+jackson+lucas+nicolas+theo", "forget:jackson", "add:yweweler"]
+    assert r.method == "relabel"
+    assert r.per_seed[0].pretrain["float_metrics"]["test_acc"] >= 0.85
+    assert r.metric("lora", "forget_acc", 1)["mean"] <= 0.05
+    assert r.metric("lora", "forget_acc")["mean"] <= 0.05  # still forgotten after enrolling the new speaker
+    assert r.metric("lora", "new_class_acc")["mean"] >= 0.7
+    assert r.metric("lora", "retain_acc")["mean"] >= 0.8
 
 
 def test_adapter_path_is_cheaper_to_deploy_and_run_than_the_alternatives(run):
-    _, s = run
+    _, r = run
+    s = r.per_seed[0]
     # 337k synapses re-programmed by write-verify versus an 8-bit adapter written to SRAM
-    assert s["ratios"]["deployment_overhead"] > 10
-    assert s["lora"]["cost_breakdown_seed0"]["deployment_J"]["write_verify"] == 0
-    assert s["full"]["cost_breakdown_seed0"]["deployment_J"]["write_verify"] > 0
-    assert s["ratios"]["inference_energy_vs_digital"] > 1
+    assert r.ratio("deployment_overhead")["mean"] > 10
+    assert s.paths["lora"].breakdown["deployment_J"]["write_verify"] == 0
+    assert s.paths["full"].breakdown["deployment_J"]["write_verify"] > 0
+    assert r.ratio("inference_energy_vs_digital")["mean"] > 1
 
 
 def test_repair_and_noise_sweep(run):
-    out, s = run
-    r = s["repair"]
+    out, res = run
+    r = res.per_seed[0].extras["repair"]
     for k in ("acc_before_noise", "acc_after_noise", "acc_after_repair"):
         assert 0.0 <= r[k] <= 1.0
     st = r["stress"]

@@ -14,9 +14,11 @@ from rmlora.data.speech import SpeechSet
 from rmlora.device import load_preset
 from rmlora.hardware import AnalogLinear, SimulatedChip, analog_layers, deploy
 from rmlora.methods.repair import noise_sweep, plot_sweep, repair_experiment
-from rmlora.methods.train import Batches, TrainConfig, fit
+from rmlora.config import TrainConfig
+from rmlora.methods.train import Batches, fit
 from rmlora.metrics import accuracy
-from rmlora.tasks.speaker import SpeakerRSNN, SpeakerTask
+from rmlora.tasks.speaker import SpeakerRSNN, SpeakerWorkload
+from rmlora.threads import limit_threads
 
 LEARN = [0, 1, 2, 3, 4]
 
@@ -24,10 +26,8 @@ LEARN = [0, 1, 2, 3, 4]
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Intra-op threads only slow these tiny models down on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with limit_threads(1):
+        yield
 
 
 def _spikes(n: int, seed: int = 0, p: float = 0.3) -> torch.Tensor:
@@ -40,15 +40,14 @@ def proc() -> SpeechSet:
     """The task's own data with no data directory: the built-in procedural set."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RMLORA_DATA_DIR", raising=False)
-        return SpeakerTask().load(None, seed=0, download=False)
+        return SpeakerWorkload().load(None, seed=0, download=False)
 
 
 @pytest.fixture(scope="module")
 def trained(proc: SpeechSet):
     """A small RSNN trained (float) on 5 procedural speakers, and its splits."""
-    task = SpeakerTask()
-    task.defaults(quick=True)
-    sp = task.split(proc, LEARN, seed=0)
+    task = SpeakerWorkload()
+    sp = task.split(proc, LEARN, seed=0, settings=task.settings("quick"))
     g = torch.Generator().manual_seed(0)
     x, y = task.augment(sp["train"], g, copies=1)
     torch.manual_seed(0)
@@ -160,36 +159,38 @@ def test_event_driven_costs_count_spikes() -> None:
 
 # --------------------------------------------------------------------------- the task
 def test_defaults_follow_the_paper_scenario() -> None:
-    task = SpeakerTask()
-    for quick in (True, False):
-        d = task.defaults(quick)
-        assert d.learn == LEARN and d.forget == [1] and d.add == [5] and d.method == "relabel"
-        assert d.rank == 4 and d.alpha == 8.0
-        assert d.extra["augment_copies"] >= 0
-    assert task.defaults(True).pretrain.steps < task.defaults(False).pretrain.steps
+    task = SpeakerWorkload()
+    for conf in task.configurations:
+        d = task.settings(conf)
+        assert d.learn == [str(c) for c in LEARN] and d.forget == ["1"] and d.add == ["5"]
+        assert d.method == "relabel" and d.adapter.rank == 4 and d.adapter.alpha == 8.0
+        assert d.augment_copies >= 0
+    assert task.settings("quick").pretrain.steps < task.settings("default").pretrain.steps
+    assert task.settings("quick").max_train < task.settings("default").max_train
     assert task.name == "speaker" and task.unit == "speaker"
 
 
 def test_task_loads_procedural_set_and_splits_by_utterance(proc: SpeechSet) -> None:
     assert proc.kind == "procedural"
-    task = SpeakerTask()
+    task = SpeakerWorkload()
     x = task.inputs(proc)
     assert x.shape[1:] == (10, 140)
     assert set(x.unique().tolist()) <= {0.0, 1.0}
     labels = LEARN + [5]
-    sp = task.split(proc, labels, seed=0)
+    st = task.settings("default")
+    sp = task.split(proc, labels, seed=0, settings=st)
     ids = {k: set(v.utt_ids.tolist()) for k, v in sp.items()}
     assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
     for k, v in sp.items():
         assert len(v) > 0, k
         assert set(v.labels.tolist()) == set(labels), k
     # reproducible for a seed, different for another
-    assert torch.equal(task.split(proc, labels, seed=0)["test"].utt_ids, sp["test"].utt_ids)
-    assert not torch.equal(task.split(proc, labels, seed=1)["test"].utt_ids, sp["test"].utt_ids)
+    assert torch.equal(task.split(proc, labels, seed=0, settings=st)["test"].utt_ids, sp["test"].utt_ids)
+    assert not torch.equal(task.split(proc, labels, seed=1, settings=st)["test"].utt_ids, sp["test"].utt_ids)
 
 
 def test_augment_keeps_spikes_binary_and_labels(proc: SpeechSet) -> None:
-    task = SpeakerTask()
+    task = SpeakerWorkload()
     sub = proc.subset(list(range(20)))
     x0, y0 = task.augment(sub, torch.Generator().manual_seed(0), copies=0)
     assert torch.equal(x0, sub.spikes) and torch.equal(y0, sub.labels)

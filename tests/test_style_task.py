@@ -10,106 +10,112 @@ import torch
 from safetensors.torch import load_file
 
 from rmlora import records
+from rmlora.config import ScenarioConfig
 from rmlora.errors import RmloraError
-from rmlora.pipeline import DemoConfig
-from rmlora.style_pipeline import run_style_demo, style_tables
-from rmlora.tasks.style import DigitalEmbeddingRows, StyleDiffusion, attach_rows, build_dit, fold_rows, style_defaults
+from rmlora.scenario import ScenarioResult, run_scenario
+from rmlora.scenario.report import costs_table, metrics_table
+from rmlora.tasks.style import DigitalEmbeddingRows, StyleDiffusion, attach_rows, build_dit, fold_rows, style_settings
 
-RATES = ("forget_style_rate", "kept_style_rate", "new_style_rate", "fd_per_class")
+RATES = ("forget_style_rate", "kept_style_rate", "new_style_rate")
 COSTS = ("training_cost_J", "deployment_overhead_J", "deployment_time_s", "inference_energy_J")
-GRIDS = ("pretrained_float", "pretrained_deployed", "after_forget_lora", "after_forget_full", "final_lora",
-         "final_full", "retrain")
+STYLES = {"hatching", "cross_hatch", "stippling", "pointillism", "wavy", "cel"}
+
+
+def _cfg(**kw) -> ScenarioConfig:
+    return ScenarioConfig(workload="style", configuration="quick", progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("style") / "run"
-    s = run_style_demo(DemoConfig(task="style", out=out, quick=True, progress=False))
+    r = run_scenario(_cfg(), out)
     torch.set_num_threads(threads)
-    return out, s
+    return out, r
 
 
 def test_summary_has_the_documented_keys(quick_run):
-    out, s = quick_run
-    on_disk = json.loads((out / "summary.json").read_text())
-    assert json.dumps(on_disk, sort_keys=True) == json.dumps(s, sort_keys=True)  # NaN-safe comparison
-    assert s["task"] == "style" and s["preset"] == "rram-180nm" and s["seed"] == 0 and "diffusers" in s["versions"]
-    assert s["dataset"]["kind"] == "procedural"
-    assert s["scenario"]["learn"] == ["hatching", "cross_hatch", "stippling", "pointillism"]
-    assert s["scenario"]["forget"] == ["cross_hatch", "stippling"]
-    assert s["scenario"]["add"] == ["wavy", "cel"]
-    assert s["model"]["class"] == "diffusers.DiTTransformer2DModel" and s["model"]["num_embeds_ada_norm"] == 6
+    out, r = quick_run
+    on_disk = ScenarioResult.from_dict(json.loads((out / "summary.json").read_text()))
+    assert on_disk.to_dict() == r.to_dict()
+    assert r.workload == "style" and r.chip["preset"] == "rram-180nm" and r.seeds == [0]
+    assert "diffusers" in r.environment["versions"] and r.dataset["kind"] == "procedural"
+    assert r.requests == ["learn:hatching+cross_hatch+stippling+pointillism", "forget:cross_hatch+stippling",
+                          "add:wavy+cel"]
+    s = r.per_seed[0]
+    assert s.class_names == ["hatching", "cross_hatch", "stippling", "pointillism", "wavy", "cel"]
     for p in ("lora", "full", "retrain"):
-        for k in RATES:
-            assert k in s[p], (p, k)
-        assert set(s[p]["fd_per_class"]) == {"hatching", "cross_hatch", "stippling", "pointillism", "wavy", "cel"}
+        last = s.requests[-1].paths[p]
+        assert set(RATES) <= set(last.metrics), p
+        assert set(last.per_class["fd"]) == STYLES
     for p in ("lora", "full"):
         for k in COSTS:
-            assert s[p]["costs"][k] > 0, (p, k)
+            assert s.paths[p].costs[k] > 0, (p, k)
     for k in ("training_cost", "deployment_overhead", "inference_energy", "inference_energy_vs_digital"):
-        assert s["ratios"][k] > 0
-    assert s["paper_ratios"] == {"training_cost": 147.76, "deployment_overhead": 387.95, "inference_energy": 48.44}
-    assert s["classifier"]["classes"][-1] == "noise" and s["classifier"]["val_acc"] > 0.8
+        assert s.ratios[k] > 0
+    assert r.paper_ratios == {"training_cost": 147.76, "deployment_overhead": 387.95, "inference_energy": 48.44}
+    clf = s.extras["classifier"]
+    assert clf["classes"][-1] == "noise" and clf["val_acc"] > 0.8
 
 
 def test_forgetting_lowers_the_forget_rate(quick_run):
-    _, s = quick_run
-    before = s["pretrained"]["deployed"]["forget_style_rate"]
+    _, r = quick_run
+    before = r.metric("lora", "forget_style_rate", 0)["mean"]
     assert before > 0
-    assert s["lora"]["after_forget"]["forget_style_rate"] < before
-    assert s["full"]["after_forget"]["forget_style_rate"] < before
+    assert r.metric("lora", "forget_style_rate", 1)["mean"] < before
+    assert r.metric("full", "forget_style_rate", 1)["mean"] < before
 
 
 def test_adapter_deployment_writes_no_cell(quick_run):
-    _, s = quick_run
-    lo, fu = s["lora"], s["full"]
-    assert lo["costs"]["deployment_time_s"] < fu["costs"]["deployment_time_s"]
-    assert lo["cost_breakdown"]["deployment_J"]["write_verify"] == 0
-    assert fu["cost_breakdown"]["deployment_J"]["write_verify"] > 0
-    assert lo["cost_breakdown"]["training_counts"].get("set_pulses", 0) == 0
-    assert fu["reprogrammed_cells_during_training"] > 0
-    assert s["ratios"]["inference_energy_vs_digital"] > 1  # analogue backbone beats all-digital
+    _, r = quick_run
+    lo, fu = r.per_seed[0].paths["lora"], r.per_seed[0].paths["full"]
+    assert lo.costs["deployment_time_s"] < fu.costs["deployment_time_s"]
+    assert lo.breakdown["deployment_J"]["write_verify"] == 0
+    assert fu.breakdown["deployment_J"]["write_verify"] > 0
+    assert lo.breakdown["training_counts"].get("set_pulses", 0) == 0
+    assert fu.reprogrammed_cells > 0
+    assert lo.breakdown["inference_activation_J_per_sample"] > 0  # the attention products, counted digital
+    assert r.ratio("inference_energy_vs_digital")["mean"] > 1  # analogue backbone beats all-digital
 
 
 def test_run_folder_files(quick_run):
-    out, s = quick_run
-    for f in ("report.md", "summary.json", "run.json", "per_seed.json", "deletion_ledger.jsonl"):
+    out, r = quick_run
+    for f in ("report.md", "summary.json", "run.json", "deletion_ledger.jsonl"):
         assert (out / f).is_file(), f
-    for key in GRIDS:
-        png = out / s["grids"][key]
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
+    grids = r.per_seed[0].extras["grids"]
+    assert {"pretrained_float", "deployed", "1-forget-cross_hatch-stippling_lora",
+            "2-add-wavy-cel_full", "2-add-wavy-cel_retrain"} <= set(grids)
+    for name in grids.values():
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     entries = records.verify(out / "deletion_ledger.jsonl")
     assert len(entries) == 1 and entries[0]["forgotten"] == ["cross_hatch", "stippling"]
     w = out / "weights"
-    adapter = load_file(str(w / "adapter-forget-cross_hatch-stippling.safetensors"))
+    adapter = load_file(str(w / "adapter-1-forget-cross_hatch-stippling.safetensors"))
     assert adapter and all(".ff.net." in k for k in adapter)
     assert all(not v.dtype.is_floating_point for k, v in adapter.items() if k.endswith(".codes"))
-    for f in ("adapter-learn-wavy-cel.safetensors", "pretrained.safetensors", "digital-rows.safetensors",
+    for f in ("adapter-2-add-wavy-cel.safetensors", "pretrained.safetensors", "lora-path-digital.safetensors",
               "full-update.safetensors", "retrain.safetensors", "chip-cells.safetensors"):
         assert (w / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "147.76x" in report and "387.95x" in report and "48.44x" in report
-    assert all(s["grids"][k] in report for k in GRIDS)
-    tables = style_tables(s)
-    assert "| training cost |" in tables and "forgotten styles recognised" in tables
+    assert all(name in report for name in grids.values())
+    assert "| training cost |" in costs_table(r) and "forget_style_rate" in metrics_table(r)
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"learn": ["hatching", "nope"]}, "unknown style"),
     ({"learn": ["hatching", "cross_hatch"], "forget": ["hatching", "cross_hatch"]}, "every learned style"),
-    ({"forget": []}, "forget set is empty"),
-    ({"forget": ["wavy"]}, "not learned"),
+    ({"forget": ["wavy"]}, "not a learned style"),
     ({"add": ["hatching"]}, "already learned"),
     ({"data_dir": "/nonexistent/styles"}, "does not exist"),
     ({"method": "ga"}, "unknown method"),
-    ({"preset": "no-such-preset"}, "no-such-preset"),
-    ({"extra": {"samples": 3}}, "unknown style option"),
+    ({"settings": {"samples": 3}}, "unknown key 'samples'"),
+    ({"settings": {"samples_per_style": 1}}, "samples_per_style must be >= 2"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, kwargs, message):
     out = tmp_path / "run"
     with pytest.raises(RmloraError, match=message) as exc:
-        run_style_demo(DemoConfig(task="style", out=out, quick=True, progress=False, **kwargs))
+        run_scenario(_cfg(**kwargs), out)
     assert "\n" not in str(exc.value)
     assert not out.exists()
 
@@ -118,13 +124,13 @@ def test_an_out_folder_holding_a_run_is_refused(quick_run):
     out, _ = quick_run
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(RmloraError, match="already holds a run"):
-        run_style_demo(DemoConfig(task="style", out=out, quick=True, progress=False))
+        run_scenario(_cfg(), out)
     assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_new_embedding_rows_train_alone():
-    d = style_defaults("quick")
-    model = build_dit(d, 4, 0)
+    d = style_settings("quick")
+    model = build_dit(d, 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows = attach_rows(model, [2, 3])
     assert len(rows) == d.num_layers and all(isinstance(r, DigitalEmbeddingRows) for r in rows)
@@ -146,8 +152,8 @@ def test_new_embedding_rows_train_alone():
 
 
 def test_sampling_is_reproducible():
-    d = style_defaults("quick")
-    model = build_dit(d, 2, 0).eval()
+    d = style_settings("quick")
+    model = build_dit(d, 2).eval()
     diff = StyleDiffusion(d, null_label=2)
     a = diff.sample(model, torch.tensor([0, 1]), torch.Generator().manual_seed(5), steps=3)
     b = diff.sample(model, torch.tensor([0, 1]), torch.Generator().manual_seed(5), steps=3)
@@ -158,7 +164,6 @@ def test_pretrained_checkpoint_must_match(tmp_path, quick_run):
     out, _ = quick_run
     ok = out / "weights" / "pretrained.safetensors"
     with pytest.raises(RmloraError, match="does not match"):
-        run_style_demo(DemoConfig(task="style", out=tmp_path / "r", quick=True, progress=False, pretrained=str(ok),
-                                  add=["wavy"]))
+        run_scenario(_cfg(pretrained=str(ok), add=["wavy"]), tmp_path / "r")
     assert not (tmp_path / "r").exists()
     assert Path(ok).is_file()

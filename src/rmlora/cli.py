@@ -1,4 +1,4 @@
-"""Command-line interface: ``rmlora deploy-check``, ``rmlora demo``, ``rmlora presets``."""
+"""Command-line interface: ``rmlora demo``, ``rmlora workloads``, ``rmlora deploy-check``, ``rmlora presets``."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def builtin_mlp(seed: int) -> nn.Module:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: int, seed: int, as_json: bool) -> None:
     """Deploy a built-in 3-layer MLP and report programming and fidelity."""
-    from rmlora.hardware import SimulatedChip, deploy
+    from rmlora.config import ChipConfig
+    from rmlora.hardware import deploy, make_chip
     from rmlora.runinfo import seed_everything
 
     if tile < 2:
@@ -59,7 +60,7 @@ def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: 
     gen = seed_everything(seed)
     ref = builtin_mlp(seed)
     model = copy.deepcopy(ref)
-    chip = SimulatedChip(preset, tile=(tile, tile), dac_bits=dac_bits, adc_bits=adc_bits, seed=seed)
+    chip = make_chip(ChipConfig(preset=preset, profile=profile, tile=tile, dac_bits=dac_bits, adc_bits=adc_bits), seed)
     report = deploy(model, chip, profile=profile)
     x = torch.randn(256, 64, generator=gen)
     with torch.no_grad():
@@ -86,60 +87,122 @@ def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: 
 
 
 def _idents(value: str | None) -> list[str] | None:
+    """``"s1, s2"`` → ["s1", "s2"]; an empty value stays empty (and is refused by the config)."""
     if value is None:
         return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    return items
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _set(ctx: click.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not its default)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 @main.command("demo")
-@click.option("--task", type=click.Choice(["face", "speaker", "style"]), default="face", show_default=True,
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="scenario TOML file (the flags below override its values)")
+@click.option("--workload", "--task", "workload", default="face", show_default=True,
               help="face: AT&T/Olivetti photos; speaker: FSDD recordings as spike trains; "
-                   "style: class-conditional diffusion transformer on stylized images")
+                   "style: class-conditional diffusion transformer on stylized images (rmlora workloads)")
+@click.option("--configuration", default=None, help="the workload's configuration (default, quick; style: cpu, "
+                                                      "quick, gpu)")
+@click.option("--quick", is_flag=True, help="the quick configuration: short run for tests and a first look")
+@click.option("--requests", default=None,
+              help='request sequence, e.g. "forget:s3,add:s6,forget:s1,add:s7,undo:1" (+ joins classes; '
+                   "the learn request is 0)")
 @click.option("--data-dir", type=click.Path(), default=None,
               help="real data folder (default: $RMLORA_DATA_DIR, else built-in procedural data)")
 @click.option("--download", is_flag=True, help="download the real dataset if it is not found")
 @click.option("--learn", default=None, help="classes to learn first, by index or name, comma-separated")
 @click.option("--forget", default=None, help="learned classes to forget, comma-separated")
 @click.option("--add", "add_", default=None, help="new classes to learn afterwards, comma-separated")
-@click.option("--method", default=None, help="unlearning method: ga, relabel or scrub (default: the task's)")
-@click.option("--preset", default="rram-180nm", show_default=True)
-@click.option("--profile", default="cmos-180nm", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--seeds", type=int, default=None, help="number of seeds to average (default: the task's)")
+@click.option("--method", default=None, help="unlearning method: ga, relabel or scrub (style: noise)")
+@click.option("--preset", default="rram-180nm", show_default=True, help="device preset name or JSON file")
+@click.option("--profile", default="cmos-180nm", show_default=True, help="technology profile name or JSON file")
+@click.option("--tile", type=int, default=128, show_default=True, help="tile rows = columns")
+@click.option("--dac-bits", type=int, default=8, show_default=True)
+@click.option("--adc-bits", type=int, default=8, show_default=True)
+@click.option("--no-read-noise", is_flag=True, help="switch the per-read noise of the cells off")
+@click.option("--rank", type=int, default=None, help="adapter rank (default: the workload's)")
+@click.option("--alpha", type=float, default=None, help="adapter alpha (default: the workload's)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", type=int, default=None, help="number of seeds to average (default: the workload's)")
 @click.option("--pretrained", type=click.Path(), default=None, help="pretrained.safetensors of an earlier run")
-@click.option("--quick", is_flag=True, help="short run for tests and a first look")
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True)
-@click.option("--threads", default=1, show_default=True,
+@click.option("--threads", type=int, default=1, show_default=True,
               help="torch CPU threads (the workloads' small matrices run fastest on one)")
 @click.option("--no-progress", is_flag=True)
-def demo(task, data_dir, download, learn, forget, add_, method, preset, profile, seed, seeds, pretrained, quick,
-         out, threads, no_progress) -> None:
-    """Learn, deploy, forget, add: adapter path vs full update vs retraining."""
-    from rmlora.pipeline import DemoConfig, run_demo
-    from rmlora.report import costs_table, metrics_table
+@click.pass_context
+def demo(ctx: click.Context, config_file, workload, configuration, quick, requests, data_dir, download, learn,
+         forget, add_, method, preset, profile, tile, dac_bits, adc_bits, no_read_noise, rank, alpha, seed, seeds,
+         pretrained, out, threads, no_progress) -> None:
+    """Learn, deploy, then a sequence of requests: adapter path vs full update vs retraining."""
+    from rmlora.config import AdapterConfig, ScenarioConfig, parse_requests
+    from rmlora.scenario import run_scenario, get_workload
+    from rmlora.scenario.report import costs_table, metrics_table
 
-    if seeds is not None and seeds < 1:
-        raise RmloraError("--seeds must be >= 1")
-    cfg = DemoConfig(task=task, out=out, data_dir=data_dir, download=download, learn=_idents(learn),
-                     forget=_idents(forget), add=_idents(add_), method=method, preset=preset, profile=profile,
-                     seed=seed, seeds=seeds, quick=quick, pretrained=pretrained, progress=not no_progress,
-                     threads=threads)
-    if cfg.forget == []:
-        raise RmloraError("the forget set is empty: name at least one learned class")
-    if task == "style":
-        from rmlora.style_pipeline import run_style_demo, style_tables
-        s = run_style_demo(cfg)
-        click.echo(f"style demo on {s['dataset']['source']}")
-        click.echo(style_tables(s))
-        click.echo(f"\nrun folder: {out} (read report.md first)")
-        return
-    s = run_demo(cfg)
-    click.echo(f"{s['task']} demo on {s['dataset']['source']}")
-    click.echo(metrics_table(s))
+    cfg = ScenarioConfig.from_toml(config_file) if config_file else ScenarioConfig()
+    top: dict = {}
+    given = {k: _set(ctx, k) or not config_file for k in ("workload", "seed", "threads")}
+    if given["workload"]:
+        top["workload"] = workload
+    if quick and configuration and configuration != "quick":
+        raise RmloraError(f"--quick and --configuration {configuration} exclude each other")
+    if quick or configuration:
+        top["configuration"] = "quick" if quick else configuration
+    for name, value in (("data_dir", data_dir), ("method", method), ("seeds", seeds), ("pretrained", pretrained)):
+        if value is not None:
+            top[name] = value
+    if download:
+        top["download"] = True
+    if given["seed"]:
+        top["seed"] = seed
+    if given["threads"]:
+        top["threads"] = threads
+    if no_progress:
+        top["progress"] = False
+    if requests is not None:
+        top["requests"] = parse_requests(requests)
+    for name, value in (("learn", learn), ("forget", forget), ("add", add_)):
+        if value is not None:
+            top[name] = _idents(value)
+    chip = {k: v for k, v in (("preset", preset), ("profile", profile), ("tile", tile), ("dac_bits", dac_bits),
+                               ("adc_bits", adc_bits)) if _set(ctx, k) or not config_file}
+    if no_read_noise:
+        chip["read_noise"] = False
+    if "requests" in top or any(k in top for k in ("learn", "forget", "add")):
+        cfg = cfg.replace(requests=None, learn=None, forget=None, add=None)  # the command line's scenario wins
+    cfg = cfg.replace(**top, chip=cfg.chip.replace(**chip))
+    if rank is not None or alpha is not None:
+        w = get_workload(cfg.workload)
+        base = cfg.adapter or w.settings(cfg.configuration or w.configurations[0]).adapter
+        cfg = cfg.replace(adapter=AdapterConfig(**{**base.to_dict(), **({"rank": rank} if rank is not None else {}),
+                                                   **({"alpha": alpha} if alpha is not None else {})}))
+    r = run_scenario(cfg, out)
+    click.echo(f"{r.workload} scenario on {r.dataset['source']}: {', '.join(r.requests)}")
+    click.echo(metrics_table(r))
     click.echo("")
-    click.echo(costs_table(s))
+    click.echo(costs_table(r))
     click.echo(f"\nrun folder: {out} (read report.md first)")
+
+
+@main.command("workloads")
+@click.argument("name", required=False)
+def workloads(name: str | None) -> None:
+    """List the workloads, or the settings of one (what [settings] in a TOML file may override)."""
+    from rmlora.scenario.workload import get_workload, iter_settings_help, workload_names
+
+    if name is None:
+        for n in workload_names():
+            w = get_workload(n)
+            click.echo(f"{n}: {w.description} (configurations: {', '.join(w.configurations)})")
+        return
+    w = get_workload(name)
+    click.echo(f"{w.name}: {w.description}")
+    for field_name, text, default in iter_settings_help(w):
+        if hasattr(default, "to_dict"):
+            default = default.to_dict()
+        click.echo(f"  {field_name} = {default!r}" + (f"  # {text}" if text else ""))
 
 
 @main.command("presets")

@@ -48,6 +48,24 @@ def analog_targets(model: nn.Module) -> list[str]:
     return out
 
 
+def logical_name(name: str) -> str:
+    """A layer's name with the ``.base`` of digital-row wrappers (:class:`DigitalRows`) taken
+    off: ``head.base.base`` → ``head``; adapter target patterns match these names."""
+    while name.endswith(".base"):
+        name = name[: -len(".base")]
+    return name
+
+
+def resolve_targets(model: nn.Module, targets: list[str]) -> list[str]:
+    """``targets`` as the analogue layers of ``model`` are named now: a name saved before new
+    output rows wrapped its layer (``head``) finds it again (``head.base``)."""
+    by_logical: dict[str, str] = {}
+    for t in analog_targets(model):
+        by_logical.setdefault(logical_name(t), t)
+    known = set(analog_targets(model))
+    return [t if t in known else by_logical.get(logical_name(t), t) for t in targets]
+
+
 def _digital_twin(m: nn.Module) -> nn.Module:
     """A plain torch layer with the weights of an (unprogrammed) analogue one."""
     base = next(c for c in type(m).__mro__ if c in (nn.Linear, nn.Conv1d, nn.Conv2d))
@@ -177,12 +195,15 @@ def adapter_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
     return out
 
 
-def _tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+def _tensors(model: nn.Module, name: str, logical: bool = False) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s A and B modules by ``<layer>.lora_A``/``.lora_B`` (``logical``: layer
+    names as :func:`logical_name` gives them, as files store them)."""
     out = {}
     for mod_name, layer in model.named_modules():
         if isinstance(layer, LoraLayer) and name in layer.lora_A:
+            key = logical_name(mod_name) if logical else mod_name
             for part, d in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
-                out[f"{mod_name}.{part}"] = d[name]
+                out[f"{key}.{part}"] = d[name]
     return out
 
 
@@ -195,11 +216,11 @@ def save_adapter(model: nn.Module, name: str, path: str | Path) -> None:
     spec = _registry(model)[name]
     tensors = {}
     dtype = torch.int8 if spec.bits <= 8 else torch.int16
-    for key, mod in _tensors(model, name).items():
+    for key, mod in _tensors(model, name, logical=True).items():
         codes, scale = int_codes(mod.parametrizations.weight.original.detach(), spec.bits)
         tensors[f"{key}.codes"] = codes.to(dtype).contiguous()
         tensors[f"{key}.scale"] = scale.reshape(1).float()
-    meta = {"rmlora_adapter": json.dumps(asdict(spec))}
+    meta = {"rmlora_adapter": json.dumps({**asdict(spec), "targets": [logical_name(t) for t in spec.targets]})}
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -219,18 +240,25 @@ def load_adapter(model: nn.Module, path: str | Path, name: str | None = None,
         spec = AdapterSpec(**json.loads(meta["rmlora_adapter"]))
     except (SafetensorError, KeyError, ValueError, TypeError, OSError) as exc:
         raise RmloraError(f"{path}: not an rmlora adapter file ({exc.__class__.__name__})") from None
-    spec = AdapterSpec(name or spec.name, spec.r, spec.alpha, spec.bits, tuple(spec.targets))
-    add_adapter(model, spec.name, r=spec.r, alpha=spec.alpha, bits=spec.bits, targets=list(spec.targets), sram=sram)
-    mods = _tensors(model, spec.name)
+    targets = resolve_targets(model, list(spec.targets))
+    spec = AdapterSpec(name or spec.name, spec.r, spec.alpha, spec.bits, tuple(targets))
+    add_adapter(model, spec.name, r=spec.r, alpha=spec.alpha, bits=spec.bits, targets=targets, sram=sram)
+    mods = _tensors(model, spec.name, logical=True)
     if set(f"{k}.codes" for k in mods) != {k for k in tensors if k.endswith(".codes")}:
         delete_adapter(model, spec.name, sram)
         raise RmloraError(f"{path}: adapter does not match this model's layers")
+    def refuse(why: str) -> None:  # nothing half-loaded stays registered or allocated
+        delete_adapter(model, spec.name, sram)
+        raise RmloraError(f"{path}: {why}")
     with torch.no_grad():
         for key, mod in mods.items():
+            if f"{key}.scale" not in tensors:
+                refuse(f"{key} has no .scale")
             w = tensors[f"{key}.codes"].float() * tensors[f"{key}.scale"]
             orig = mod.parametrizations.weight.original
             if orig.shape != w.shape:
-                delete_adapter(model, spec.name, sram)
-                raise RmloraError(f"{path}: {key} has shape {tuple(w.shape)}, the model needs {tuple(orig.shape)}")
+                refuse(f"{key} has shape {tuple(w.shape)}, the model needs {tuple(orig.shape)}")
+            if not torch.isfinite(w).all():
+                refuse(f"{key} holds NaN or infinite values")
             orig.copy_(w)
     return spec

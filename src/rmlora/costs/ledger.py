@@ -19,6 +19,7 @@ KEYS = {
     "adc_conversions": "column currents digitised (per tile, reference columns included)",
     "tile_mvms": "analogue MVMs of one tile for one input vector",
     "digital_macs": "INT8 multiply-accumulates on the digital unit",
+    "activation_macs": "activation x activation products (attention QKᵀ, AV): digital MACs with no fixed weight",
     "sram_read_bits": "bits read from SRAM",
     "sram_write_bits": "bits written to SRAM",
     "set_pulses": "SET pulses of write-verify",
@@ -52,7 +53,7 @@ class Ledger:
         e = {
             "analogue_mvm": c["dac_conversions"] * prof.dac_J + c["cell_reads"] * prof.cell_read_J
             + c["adc_conversions"] * prof.adc_J(self.adc_bits),
-            "digital": c["digital_macs"] * prof.mac_J,
+            "digital": (c["digital_macs"] + c["activation_macs"]) * prof.mac_J,
             "sram": (c["sram_read_bits"] + c["sram_write_bits"]) * prof.sram_bit_J,
             "write_verify": c["set_pulses"] * prof.set_pulse_J + c["reset_pulses"] * prof.reset_pulse_J
             + c["verify_reads"] * prof.verify_read_J,
@@ -67,7 +68,7 @@ class Ledger:
         t_tile = prof.tile_read_time_s + adc_rounds * prof.adc_time_s
         t = {
             "analogue_mvm": c["tile_mvms"] * t_tile / max(1, prof.parallel_tiles),
-            "digital": c["digital_macs"] / (prof.pe_macs_per_cycle * prof.clock_hz),
+            "digital": (c["digital_macs"] + c["activation_macs"]) / (prof.pe_macs_per_cycle * prof.clock_hz),
             "sram": (c["sram_read_bits"] + c["sram_write_bits"]) / (prof.sram_bits_per_cycle * prof.clock_hz),
             "write_verify": ((c["set_pulses"] + c["reset_pulses"]) * prof.pulse_time_s
                              + c["verify_reads"] * prof.verify_read_time_s) / max(1, prof.write_parallel_cells),

@@ -1,6 +1,6 @@
 """Unlearning and continual-learning procedures, on the adapter path or the full-update baseline."""
 
-from rmlora.methods.train import Batches, TrainConfig, fit, snapshot
+from rmlora.methods.train import Batches, fit, snapshot
 from rmlora.methods.unlearn import METHODS, make_objective
 
-__all__ = ["METHODS", "Batches", "TrainConfig", "fit", "make_objective", "snapshot"]
+__all__ = ["METHODS", "Batches", "fit", "make_objective", "snapshot"]

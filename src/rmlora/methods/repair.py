@@ -25,7 +25,8 @@ from torch import nn
 from rmlora.adapters import adapter_bits, adapter_parameters, add_adapter
 from rmlora.device.params import DeviceParams, load_preset
 from rmlora.hardware import SimulatedChip, deploy
-from rmlora.methods.train import Batches, TrainConfig, fit
+from rmlora.config import TrainConfig
+from rmlora.methods.train import Batches, fit
 from rmlora.metrics import accuracy
 
 __all__ = ["repair_experiment", "noise_sweep", "plot_sweep"]

@@ -9,32 +9,16 @@ that scored best on *validation* data (never on test data).
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rmlora.config import TrainConfig
 from rmlora.costs.counting import counting
 from rmlora.costs.ledger import Ledger
-
-
-@dataclass
-class TrainConfig:
-    """Steps, Adam learning rate, batch size, how often to validate."""
-
-    steps: int = 300
-    lr: float = 3e-3
-    batch_size: int = 32
-    eval_every: int = 25
-    weight_decay: float = 0.0
-
-    @classmethod
-    def scaled(cls, steps: int, lr: float, *, scale: float = 1.0, **kw) -> TrainConfig:
-        """``steps`` times ``scale`` (a workload's quick run), never fewer than 10."""
-        return cls(steps=max(10, int(steps * scale)), lr=lr, **kw)
 
 
 class Batches:
@@ -55,14 +39,17 @@ class Batches:
 
 def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Callable[[int], torch.Tensor], cfg: TrainConfig, *,
         score_fn: Callable[[], float] | None = None, after_step: Callable[[], None] | None = None,
-        ledger: Ledger | None = None, update_bits: int = 8, desc: str = "training", progress: bool = True) -> dict:
+        ledger: Ledger | None = None, update_bits: int = 8, desc: str = "training", progress: bool = True,
+        counter: Callable[[nn.Module, Ledger], AbstractContextManager] = counting) -> dict:
     """Train ``params`` (parameters or Adam parameter groups) on ``loss_fn(step)``.
 
     ``score_fn`` (higher is better, computed on validation data) is called every
     ``cfg.eval_every`` steps and at the end; the best-scoring parameter state is
     restored at the end and ``after_step`` runs once more (so that a hardware
     path reprograms it). Each step writes the updated parameters
-    (``update_bits`` each) to SRAM in the ledger. Returns a small history.
+    (``update_bits`` each) to SRAM in the ledger; ``counter(model, ledger)`` counts each
+    step's forward and backward work (default :func:`rmlora.costs.counting`). Returns a
+    small history.
     """
     if not params:
         raise ValueError("nothing to train")
@@ -74,7 +61,7 @@ def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Call
     bar = tqdm(range(cfg.steps), desc=desc, leave=False, disable=not progress)
     for step in bar:
         model.train()
-        with counting(model, ledger) if ledger is not None else nullcontext():
+        with counter(model, ledger) if ledger is not None else nullcontext():
             loss = loss_fn(step)
             opt.zero_grad(set_to_none=True)
             loss.backward()

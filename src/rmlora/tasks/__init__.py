@@ -1,8 +1,2 @@
-"""Workloads: data, model and defaults of each scenario."""
-
-from rmlora.tasks.face import FaceTask
-from rmlora.tasks.speaker import SpeakerTask
-
-TASKS = {"face": FaceTask, "speaker": SpeakerTask}
-
-__all__ = ["TASKS", "FaceTask", "SpeakerTask"]
+"""The workloads' data, models and settings (face, speaker, style); the scenario runner
+finds them through :func:`rmlora.scenario.get_workload`."""

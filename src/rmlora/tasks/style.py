@@ -16,16 +16,16 @@ random noise and learns new styles with a new adapter. Here:
   samples; optional classifier-free guidance with the null label that the
   DiT's label embedding reserves.
 
-:class:`StyleTask` bundles data, model and the defaults of the three
+:func:`style_settings` gives the settings of the three
 configurations (``quick`` for tests, ``cpu`` the default, ``gpu``);
-:class:`StyleDiffusion` the training loss and the sampler. The scenario
-runner is :func:`rmlora.style_pipeline.run_style_demo`.
+:class:`StyleDiffusion` the training loss and the sampler. The workload
+(:class:`rmlora.tasks.style_workload.StyleWorkload`) runs them in the scenario.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,55 +33,81 @@ from torch import nn
 
 from rmlora.data import styles as style_data
 from rmlora.errors import RmloraError
-from rmlora.methods.train import TrainConfig
-from rmlora.tasks.base import TaskDefaults
+from rmlora.config import AdapterConfig, TrainConfig
+from rmlora.scenario.workload import WorkloadSettings
 
-#: Names of the configurations :meth:`StyleTask.defaults` knows.
-CONFIGS = ("quick", "cpu", "gpu")
+#: Names of the configurations :func:`style_settings` knows.
+CONFIGS = ("cpu", "quick", "gpu")
+
+
+def _f(default: Any, text: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": text})
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass
-class StyleDefaults(TaskDefaults):
+class StyleSettings(WorkloadSettings):
     """Scenario, model, diffusion and evaluation settings of the style workload.
 
-    The :class:`TaskDefaults` fields keep their meaning (``pretrain`` is the
+    The :class:`WorkloadSettings` fields keep their meaning (``pretrain`` is the
     float pretraining and the retrain reference, the four others the hybrid
     stages; ``rehearsal_per_class`` real training images of each kept style
-    may be rehearsed when forgetting and learning). The rest:
+    are rehearsed when learning). The rest:
     """
 
-    config: str = "cpu"
-    device: str = "cpu"
+    config: str = _f("cpu", "configuration name (quick, cpu, gpu)")
+    device: str = _f("cpu", "torch device of the model, the loops and the simulated arrays (cpu, cuda)")
     # -- model (DiTTransformer2DModel) --
-    image_size: int = 32
-    patch_size: int = 4
-    num_layers: int = 4
-    num_attention_heads: int = 4
-    attention_head_dim: int = 16
-    #: glob patterns of Linear/Conv2d layers kept digital at deployment (``deploy(exclude=...)``); the
-    #: class-embedding tables are ``nn.Embedding`` and digital anyway
-    digital_layers: tuple[str, ...] = ()
+    image_size: int = _f(32, "image side (pixels)")
+    patch_size: int = _f(4, "DiT patch side (pixels)")
+    num_layers: int = _f(4, "DiT blocks")
+    num_attention_heads: int = _f(4, "attention heads")
+    attention_head_dim: int = _f(16, "channels per head")
+    digital_layers: list[str] = _f([], "glob patterns of Linear/Conv2d layers kept digital at deployment")
     # -- diffusion --
-    train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "v_prediction"
-    snr_gamma: float | None = 5.0  # Min-SNR loss weighting (Hang et al. 2023); None: plain MSE
-    p_uncond: float = 0.1  # label dropout for classifier-free guidance (real images only)
-    guidance_scale: float = 2.0  # 1.0: no guidance
-    sample_steps: int = 25  # DDIM steps
-    ema_decay: float = 0.999  # float pretraining keeps an EMA of the weights (diffusers EMAModel)
-    grad_clip: float = 1.0
+    train_timesteps: int = _f(1000, "diffusion steps of the training schedule")
+    beta_schedule: str = _f("squaredcos_cap_v2", "diffusers beta schedule")
+    prediction_type: str = _f("v_prediction", "epsilon, v_prediction or sample")
+    snr_gamma: float | None = _f(5.0, "Min-SNR loss weighting (Hang et al. 2023); None: plain MSE")
+    p_uncond: float = _f(0.1, "label dropout for classifier-free guidance (real images only)")
+    guidance_scale: float = _f(2.0, "classifier-free guidance scale (1: none)")
+    sample_steps: int = _f(25, "DDIM steps per sample")
+    ema_decay: float = _f(0.999, "EMA decay of the float pretraining (diffusers EMAModel)")
+    grad_clip: float = _f(1.0, "gradient-norm clip of the float pretraining")
     # -- stages --
-    rows_lr: float = 1e-2  # Adam learning rate of the new styles' digital embedding rows
-    forget_fraction: float = 0.5  # share of a forget-stage batch that is noise targets of the forgotten styles
-    noise_guard_fraction: float = 0.125  # share of a learn-stage batch that keeps the forgotten labels on noise
-    val_timesteps: int = 4  # noise levels per validation image in the stage scores
+    forget_fraction: float = _f(0.5, "share of a forget-stage batch that is noise targets of the forgotten styles")
+    noise_guard_fraction: float = _f(0.125, "share of a learn-stage batch that keeps the forgotten labels on noise")
+    val_timesteps: int = _f(4, "noise levels per validation image in the stage scores")
     # -- evaluation --
-    samples_per_style: int = 16
-    classifier_steps: int = 250
-    classifier_noise_class: bool = True  # the style classifier has one extra "noise" class
-    n_val: int = 12  # images per style (procedural set; a folder scales them down)
-    n_test: int = 24
+    samples_per_style: int = _f(16, "samples generated per style and stage")
+    classifier_steps: int = _f(250, "training steps of the style classifier")
+    classifier_noise_class: bool = _f(True, "the style classifier has one extra noise class")
+    n_val: int = _f(12, "validation images per style (procedural set; a folder scales them down)")
+    n_test: int = _f(24, "test images per style")
+
+    def __post_init__(self) -> None:
+        for k in ("image_size", "patch_size", "num_layers", "num_attention_heads", "attention_head_dim",
+                  "sample_steps", "val_timesteps", "classifier_steps", "n_val", "n_test", "train_timesteps"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise RmloraError(f"settings.{k} must be an integer >= 1, got {v!r}")
+        if self.samples_per_style < 2:
+            raise RmloraError("settings.samples_per_style must be >= 2 (Fréchet distances need two samples)")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 1:
+            raise RmloraError(f"settings.guidance_scale must be a number >= 1, got {self.guidance_scale!r}")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise RmloraError(f"settings.prediction_type must be epsilon, v_prediction or sample, "
+                              f"got {self.prediction_type!r}")
+        for k in ("forget_fraction", "noise_guard_fraction", "p_uncond"):
+            if not 0 <= getattr(self, k) < 1:
+                raise RmloraError(f"settings.{k} must be in [0, 1), got {getattr(self, k)!r}")
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError:
+            raise RmloraError(f"unknown torch device {self.device!r}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RmloraError(f"device {self.device!r} requested but torch sees no CUDA GPU")
 
     def model_kwargs(self, n_styles: int) -> dict[str, Any]:
         """Keyword arguments of :class:`diffusers.DiTTransformer2DModel`."""
@@ -89,39 +115,37 @@ class StyleDefaults(TaskDefaults):
                 "in_channels": 3, "out_channels": 3, "num_layers": self.num_layers, "sample_size": self.image_size,
                 "patch_size": self.patch_size, "num_embeds_ada_norm": n_styles, "norm_type": "ada_norm_zero"}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def _tc(steps: int, lr: float, bs: int, every: int) -> TrainConfig:
     return TrainConfig(steps=steps, lr=lr, batch_size=bs, eval_every=every)
 
 
-def style_defaults(config: str = "cpu") -> StyleDefaults:
+def style_settings(config: str = "cpu") -> StyleSettings:
     """The settings of one configuration: ``quick`` (tests, about a minute on one
     thread), ``cpu`` (the default, well under 30 minutes on two busy cores) or
     ``gpu`` (a bigger DiT, longer training, more samples; see docs/style.md)."""
     names = list(style_data.STYLE_NAMES)
     common: dict[str, Any] = {"learn": names[:4], "forget": [names[1], names[2]], "add": [names[4], names[5]],
-                              "method": "noise", "rank": 4, "alpha": 8.0, "targets": ["*ff.net*"], "seeds": 1}
+                              "method": "noise", "adapter": AdapterConfig(rank=4, alpha=8.0, target_modules=["*ff.net*"]),
+                              "seeds": 1, "rows_lr": 1e-2}
     if config == "quick":
-        return StyleDefaults(
+        return StyleSettings(
             **common, config="quick",
-            pretrain=_tc(400, 3e-3, 32, 0), unlearn_lora=_tc(40, 1e-2, 32, 10), unlearn_full=_tc(40, 1e-3, 32, 10),
+            pretrain=_tc(400, 3e-3, 32, 0), forget_lora=_tc(40, 1e-2, 32, 10), forget_full=_tc(40, 1e-3, 32, 10),
             learn_lora=_tc(40, 1e-2, 32, 10), learn_full=_tc(40, 1e-3, 32, 10), rehearsal_per_class=8,
             num_layers=2, num_attention_heads=4, attention_head_dim=16, sample_steps=10, samples_per_style=8,
             prediction_type="sample", snr_gamma=None, classifier_steps=60, ema_decay=0.99, n_val=8, n_test=16)
     if config == "cpu":
-        return StyleDefaults(
+        return StyleSettings(
             **common, config="cpu",
-            pretrain=_tc(1500, 2e-3, 64, 0), unlearn_lora=_tc(300, 5e-3, 32, 25),
-            unlearn_full=_tc(300, 2e-4, 32, 25), learn_lora=_tc(300, 5e-3, 32, 25),
+            pretrain=_tc(1500, 2e-3, 64, 0), forget_lora=_tc(300, 5e-3, 32, 25),
+            forget_full=_tc(300, 2e-4, 32, 25), learn_lora=_tc(300, 5e-3, 32, 25),
             learn_full=_tc(300, 2e-4, 32, 25), rehearsal_per_class=16)
     if config == "gpu":
-        return StyleDefaults(
+        return StyleSettings(
             **common, config="gpu", device="cuda",
-            pretrain=_tc(30000, 1e-3, 256, 0), unlearn_lora=_tc(1500, 3e-3, 128, 100),
-            unlearn_full=_tc(1500, 1e-4, 128, 100), learn_lora=_tc(1500, 3e-3, 128, 100),
+            pretrain=_tc(30000, 1e-3, 256, 0), forget_lora=_tc(1500, 3e-3, 128, 100),
+            forget_full=_tc(1500, 1e-4, 128, 100), learn_lora=_tc(1500, 3e-3, 128, 100),
             learn_full=_tc(1500, 1e-4, 128, 100), rehearsal_per_class=32,
             patch_size=2, num_layers=6, num_attention_heads=6, attention_head_dim=32, sample_steps=50,
             samples_per_style=64, classifier_steps=1500, ema_decay=0.9995)
@@ -129,7 +153,7 @@ def style_defaults(config: str = "cpu") -> StyleDefaults:
 
 
 # --------------------------------------------------------------------------- model
-def build_dit(cfg: StyleDefaults, n_styles: int, seed: int) -> nn.Module:
+def build_dit(cfg: StyleSettings, n_styles: int) -> nn.Module:
     """A :class:`diffusers.DiTTransformer2DModel` for ``n_styles`` styles (+ the null label).
 
     diffusers' label embedding drops labels for classifier-free guidance inside
@@ -143,7 +167,6 @@ def build_dit(cfg: StyleDefaults, n_styles: int, seed: int) -> nn.Module:
 
     if n_styles < 1:
         raise RmloraError("the style model needs at least one style")
-    torch.manual_seed(seed)
     model = DiTTransformer2DModel(**cfg.model_kwargs(n_styles))
     for m in model.modules():
         if isinstance(m, LabelEmbedding):
@@ -217,7 +240,7 @@ def noise_images(n: int, generator: torch.Generator, size: int = 32, device: str
 class StyleDiffusion:
     """Training loss and DDIM sampler around diffusers' schedulers."""
 
-    def __init__(self, cfg: StyleDefaults, null_label: int) -> None:
+    def __init__(self, cfg: StyleSettings, null_label: int) -> None:
         from diffusers import DDIMScheduler, DDPMScheduler
 
         self.cfg = cfg
@@ -304,39 +327,5 @@ class StyleDiffusion:
         return torch.cat(out)
 
 
-# --------------------------------------------------------------------------- the task
-class StyleTask:
-    """Stylized image generation on procedural styles or a style folder."""
-
-    name = "style"
-    unit = "style"
-
-    def defaults(self, quick: bool, config: str | None = None) -> StyleDefaults:
-        return style_defaults("quick" if quick else (config or "cpu"))
-
-    def load(self, data_dir: str | None, seed: int, download: bool = False) -> style_data.StyleSet:
-        if download:
-            raise RmloraError("--download: the style task has nothing to download (the procedural set is built in; "
-                              "use --data-dir for a <style>/<content>/<image> folder)")
-        return style_data.load_styles(data_dir, seed=seed, size=32)
-
-    def split(self, ds: style_data.StyleSet, labels: list[int], seed: int, n_val: int = 12, n_test: int = 24
-              ) -> dict[str, style_data.StyleSet]:
-        return style_data.split_by_image(ds, labels, n_val=n_val, n_test=n_test, seed=seed)
-
-    def inputs(self, ds: style_data.StyleSet) -> torch.Tensor:
-        """Images in the model's range [-1, 1]."""
-        return ds.images * 2 - 1
-
-    def augment(self, ds: style_data.StyleSet, generator: torch.Generator, copies: int = 1
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images and ``copies`` horizontally mirrored copies (the styles are mirror-invariant)."""
-        x = self.inputs(ds)
-        return torch.cat([x] + [x.flip(3)] * copies), ds.labels.repeat(1 + copies)
-
-    def build_model(self, n_classes: int, seed: int, cfg: StyleDefaults | None = None) -> nn.Module:
-        return build_dit(cfg or style_defaults("cpu"), n_classes, seed)
-
-
-__all__ = ["CONFIGS", "DigitalEmbeddingRows", "StyleDefaults", "StyleDiffusion", "StyleTask", "attach_rows",
-           "build_dit", "fold_rows", "label_tables", "noise_images", "style_defaults"]
+__all__ = ["CONFIGS", "DigitalEmbeddingRows", "StyleDiffusion", "StyleSettings", "attach_rows", "build_dit",
+           "fold_rows", "label_tables", "noise_images", "style_settings"]

@@ -1,0 +1,675 @@
+"""The one scenario runner: learn → deploy → a sequence of requests → report, on every workload.
+
+Three paths live through the same requests:
+
+* ``lora`` — the design: the arrays stay as programmed, every forget, add or
+  repair is its own LoRA adapter (plus digital rows for new classes) in SRAM;
+  ``undo`` deletes that adapter;
+* ``full`` — the baseline: the analogue weights themselves are fine-tuned and
+  write-verified; an ``undo`` has to train its way back (relearn an
+  un-forgotten class, erase an un-added one);
+* ``retrain`` — the reference: a model trained from scratch on the kept
+  classes, deployed on a fresh chip, whenever the kept classes change.
+
+:func:`plan_scenario` checks everything (workload, classes, requests, data,
+preset, profile, checkpoint, SRAM) before anything is written;
+:func:`run_scenario` runs the seeds and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from rmlora import records
+from rmlora.adapters import SramBuffer, save_adapter
+from rmlora.config import AdapterConfig, Request, ScenarioConfig, TrainConfig
+from rmlora.costs import Ledger, cost_figures, load_profile, ratios
+from rmlora.costs.profile import TechProfile
+from rmlora.errors import RmloraError
+from rmlora.hardware import analog_layers, deploy, make_chip
+from rmlora.methods import METHODS, fit
+from rmlora.methods.paths import AdapterPath, FullPath
+from rmlora.metrics import accuracy_matrix_summary, avg_gap
+from rmlora.runinfo import Streams, cpu_info, new_run_dir, versions, write_json
+from rmlora.scenario.results import PathResult, PathStep, RequestResult, ScenarioResult, SeedResult
+from rmlora.scenario.workload import ClassState, Workload, WorkloadSettings, get_workload
+
+#: unlearning methods of the generator workload (forgotten labels trained towards noise)
+GENERATION_METHODS = ("noise",)
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class Plan:
+    """A checked scenario: everything resolved, nothing run."""
+
+    config: ScenarioConfig
+    workload: Workload
+    configuration: str
+    settings: WorkloadSettings
+    adapter: AdapterConfig
+    method: str
+    profile: TechProfile
+    ds: Any
+    requests: list[Request]
+    labels: list[list[int]]  # dataset labels of each request's classes
+    states: list[ClassState]  # the scenario's classes after each request
+    order: list[int]  # every class of the scenario, in the order it enters
+    seeds: list[int]
+    chip: Any  # the ChipConfig used (on the workload's torch device)
+    sram_bits: list[int] = field(default_factory=list)  # SRAM in use after each request (adapter path)
+
+    def names(self, labels: list[int]) -> list[str]:
+        return [self.ds.names[c] for c in labels]
+
+
+def apply_request(state: ClassState, req: Request, labels: list[int], requests: list[Request],
+                  all_labels: list[list[int]], undone: set[int], unit: str, index: int) -> ClassState:
+    """The classes after request ``req`` (number ``index``); one clear error for an impossible one."""
+    s = state.copy()
+    if req.kind == "learn":
+        if index != 0:
+            raise RmloraError(f"request {index} ({req}): learn can only be the first request")
+        return ClassState(list(labels), list(labels), [], [])
+    if index == 0:
+        raise RmloraError(f"the first request must be learn (got {req})")
+    if req.kind == "forget":
+        bad = [c for c, lab in zip(req.classes, labels) if lab not in s.kept]
+        if bad:
+            raise RmloraError(f"request {index} ({req}): {', '.join(bad)} is not a learned {unit}; forget must "
+                              "name learned classes")
+        if set(labels) >= set(s.kept):
+            raise RmloraError(f"request {index} ({req}): cannot forget every learned {unit}: nothing would be "
+                              "left to recognise")
+        s.kept = [c for c in s.kept if c not in labels]
+        s.added = [c for c in s.added if c not in labels]
+        s.forgotten += labels
+    elif req.kind == "add":
+        bad = [c for c, lab in zip(req.classes, labels) if lab in s.kept]
+        if bad:
+            raise RmloraError(f"request {index} ({req}): {', '.join(bad)} is already learned; add must name "
+                              f"{unit}s not learned yet")
+        gone = [c for c, lab in zip(req.classes, labels) if lab in s.forgotten]
+        if gone:
+            raise RmloraError(f"request {index} ({req}): {', '.join(gone)} was forgotten; undo that request "
+                              "instead of adding it again")
+        s.kept += labels
+        s.added += labels
+    elif req.kind == "undo":
+        k = req.target
+        if k >= index:
+            raise RmloraError(f"request {index} ({req}): there is no earlier request {k} to undo")
+        if k in undone:
+            raise RmloraError(f"request {index} ({req}): request {k} ({requests[k]}) was already undone")
+        target = requests[k]
+        if target.kind not in ("forget", "add", "repair"):
+            raise RmloraError(f"request {index} ({req}): request {k} ({target}) cannot be undone; only forget, "
+                              "add and repair requests can")
+        lab = all_labels[k]
+        if target.kind == "forget":
+            s.forgotten = [c for c in s.forgotten if c not in lab]
+            s.kept += lab
+        elif target.kind == "add":
+            still = [c for c in lab if c in s.kept]
+            if set(still) >= set(s.kept):
+                raise RmloraError(f"request {index} ({req}): undoing {target} would leave no {unit} learned")
+            s.kept = [c for c in s.kept if c not in lab]
+            s.added = [c for c in s.added if c not in lab]
+            s.forgotten += still
+    return s
+
+
+def _resolve(ds: Any, items: list[str], where: str) -> list[int]:
+    out = []
+    for it in items:
+        try:
+            out.append(ds.resolve(it))
+        except RmloraError as exc:
+            raise RmloraError(f"{where}: {exc}") from None
+    if len(set(out)) != len(out):
+        raise RmloraError(f"{where} names the same class twice")
+    return out
+
+
+def default_requests(w: Workload, ds: Any, st: WorkloadSettings, cfg: ScenarioConfig) -> list[Request]:
+    """learn / forget / add of the workload's default scenario, with the config's classes."""
+    learn, forget, add = (getattr(w, "default_classes", None) or (lambda d, s: (s.learn, s.forget, s.add)))(ds, st)
+    if cfg.learn is not None:  # forget the 2nd and 3rd (style) or the default's position among the learned
+        learn_given = cfg.learn
+        if cfg.forget is None:
+            pos = [list(map(str, learn)).index(str(f)) for f in forget if str(f) in list(map(str, learn))]
+            forget = [learn_given[i] for i in pos if i < len(learn_given)] or learn_given[1:2]
+        if cfg.add is None:
+            taken = set(_resolve(ds, learn_given, "--learn"))
+            add = [a for a in add if ds.resolve(a) not in taken]
+        learn = learn_given
+    forget = cfg.forget if cfg.forget is not None else forget
+    add = cfg.add if cfg.add is not None else add
+    reqs = [Request("learn", [str(c) for c in learn])]
+    if forget:
+        reqs.append(Request("forget", [str(c) for c in forget]))
+    if add:
+        reqs.append(Request("add", [str(c) for c in add]))
+    return reqs
+
+
+def _budgets(st: WorkloadSettings, cfg: ScenarioConfig) -> WorkloadSettings:
+    changes = {k: getattr(cfg.budgets, k) for k in ("pretrain", "forget_lora", "forget_full", "learn_lora",
+                                                     "learn_full") if getattr(cfg.budgets, k) is not None}
+    return st.replace(**changes) if changes else st
+
+
+def plan_scenario(cfg: ScenarioConfig) -> Plan:
+    """Resolve and check ``cfg``; raises :class:`RmloraError` (one line) for anything wrong."""
+    w = get_workload(cfg.workload)
+    configuration = cfg.configuration or w.configurations[0]
+    if configuration not in w.configurations:
+        raise RmloraError(f"unknown configuration {configuration!r} of the {w.name} workload; known: "
+                          f"{', '.join(w.configurations)}")
+    st = w.settings(configuration)
+    if cfg.settings:
+        st = st.with_overrides(cfg.settings)
+    st = _budgets(st, cfg)
+    adapter = cfg.adapter or st.adapter
+    method = cfg.method or st.method
+    known = GENERATION_METHODS if w.name == "style" else METHODS
+    if method not in known:
+        raise RmloraError(f"unknown method {method!r} for the {w.name} workload; known: {', '.join(known)}")
+    profile = load_profile(cfg.chip.profile)
+    chip_cfg = cfg.chip.replace(device=st.device) if hasattr(st, "device") else cfg.chip
+    make_chip(chip_cfg, 0)  # validates the preset and the backend before anything is written
+    if cfg.pretrained and not Path(cfg.pretrained).exists():
+        raise RmloraError(f"checkpoint {cfg.pretrained} does not exist")
+    ds = w.load(cfg.data_dir, cfg.seed, cfg.download)
+    requests = list(cfg.requests) if cfg.requests is not None else default_requests(w, ds, st, cfg)
+    if requests[0].kind != "learn":
+        requests = default_requests(w, ds, st, cfg)[:1] + requests
+    labels, states, undone = [], [], set()
+    state = ClassState()
+    for i, r in enumerate(requests):
+        lab = _resolve(ds, r.classes, f"request {i} ({r})") if r.classes else []
+        if lab:  # from here on the request names its classes as the data set does
+            r = requests[i] = r.replace(classes=[ds.names[c] for c in lab])
+        labels.append(lab)
+        state = apply_request(state, r, lab, requests, labels, undone, w.unit, i)
+        if r.kind == "undo":
+            undone.add(r.target)
+        states.append(state)
+    order = []
+    for lab in labels:
+        order += [c for c in lab if c not in order]
+    plan = Plan(cfg, w, configuration, st, adapter, method, profile, ds, requests, labels, states, order,
+                [cfg.seed + k for k in range(cfg.seeds or st.seeds)], chip_cfg)
+    w.prepare(ds, order, st, cfg.seed, torch.Generator())  # refuses classes with too few examples now
+    plan.sram_bits = plan_sram(plan)
+    if cfg.pretrained:
+        load_weights(w.build_model(len(w.initial_columns(states[0], order)), st), cfg.pretrained)
+    return plan
+
+
+def plan_sram(plan: Plan) -> list[int]:
+    """SRAM bits in use after each request on the adapter path (adapters at ``adapter.bits`` plus one
+    32-bit scale per tensor, digital rows); refuses the first request that would not fit."""
+    w, st = plan.workload, plan.settings
+    model = w.build_model(len(w.initial_columns(plan.states[0], plan.order)), st)
+    chip = make_chip(plan.chip.replace(read_noise=False), 0, preset="ideal")
+    deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile)
+    probe = AdapterPath(model, chip, plan.profile, plan.adapter)
+    targets = probe.targets()
+    if targets is not None and not targets:
+        raise RmloraError(f"adapter target_modules {plan.adapter.target_modules} match no analogue layer of the "
+                          f"{w.name} model")
+    per_adapter = 0
+    for name, m in analog_layers(model):
+        if targets is None or name in targets:
+            per_adapter += plan.adapter.rank * (m.weight[0].numel() + m.weight.shape[0]) * plan.adapter.bits + 64
+    sram = SramBuffer(plan.profile.sram_capacity_bits)
+    columns = w.initial_columns(plan.states[0], plan.order)
+    used = [0]
+    blocks: dict[int, list[str]] = {}
+    for i, r in enumerate(plan.requests[1:], start=1):
+        try:
+            if r.kind in ("forget", "add", "repair"):
+                sram.allocate(f"request {i} ({r}) adapter", per_adapter)
+                blocks[i] = [f"request {i} ({r}) adapter"]
+            if r.kind == "add":
+                ext = w.extend(model, "lora", plan.labels[i], columns, chip, f"plan{i}", plan.adapter.bits)
+                columns = ext.columns
+                ext.finish()
+                if ext.digital_bits:
+                    sram.allocate(f"request {i} ({r}) rows", ext.digital_bits)
+                    blocks[i].append(f"request {i} ({r}) rows")
+            if r.kind == "undo":
+                for b in blocks.pop(r.target, []):
+                    sram.release(b)
+        except RmloraError as exc:
+            raise RmloraError(f"SRAM: {exc}; nothing was run") from None
+        used.append(sram.used_bits)
+    return used
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load float weights saved by a run (``pretrained.safetensors``) into ``model``."""
+    path = Path(path)
+    if not path.exists():
+        raise RmloraError(f"checkpoint {path} does not exist")
+    try:
+        sd = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a corrupt file
+        raise RmloraError(f"checkpoint {path} is corrupt or not safetensors ({exc.__class__.__name__})") from None
+    own = model.state_dict()
+    bad = sorted(set(own) ^ set(sd)) or [k for k in own if own[k].shape != sd[k].shape]
+    if bad:
+        raise RmloraError(f"checkpoint {path} does not match the {type(model).__name__} model "
+                          f"(first mismatch: {bad[0]})")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RmloraError(f"checkpoint {path}: {bad[0]} holds NaN or infinite values")
+    model.load_state_dict(sd)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- one seed
+@dataclass
+class SeedContext:
+    """What a workload's :meth:`extras` may use (first seed's run folder, the float model, ...)."""
+
+    seed: int
+    data: Any
+    state: ClassState
+    settings: WorkloadSettings
+    adapter: AdapterConfig
+    chip_config: Any
+    out: Path | None
+    build_float: Any
+
+
+@dataclass
+class _Lane:
+    """One path's live state: its object, columns, ledgers and what each request left."""
+
+    path: Any
+    columns: list
+    train: Ledger
+    deploy: Ledger
+    undo: dict[int, tuple[str | None, Any]] = field(default_factory=dict)  # request -> (adapter, extension)
+
+
+class _SeedRun:
+    def __init__(self, plan: Plan, seed: int, out: Path | None) -> None:
+        self.plan, self.seed, self.out = plan, seed, out
+        self.w, self.st = plan.workload, plan.settings
+        self.streams = Streams(seed)
+        self.progress = plan.config.progress
+        self.timing: dict[str, float] = {}
+
+    # -- helpers ------------------------------------------------------------------
+    def build(self, n_columns: int, stream: str) -> nn.Module:
+        with self.streams.global_rng(stream):
+            return self.w.build_model(n_columns, self.st)
+
+    def chip(self, stream: str):
+        return make_chip(self.plan.chip, self.streams.seed(stream))
+
+    def ledger(self) -> Ledger:
+        return Ledger(adc_bits=self.plan.chip.adc_bits or 8)
+
+    def stage(self, lane: _Lane, label: str, kind: str, tcfg: TrainConfig, *, forget: list[int], new: list[int],
+              state: ClassState, ext=None, adapter: str | None = None) -> tuple[Ledger, Ledger, dict]:
+        """Train one update on one path, count it, deploy it."""
+        path, model = lane.path, lane.path.model
+        train = self.ledger()
+        row_ids = {id(p) for p in (ext.params if ext else [])}
+        with self.streams.global_rng(f"init:{label}:{path.name}"):  # peft draws the adapter's A from it
+            main = [p for p in path.begin(adapter) if id(p) not in row_ids]
+        groups: list = [{"params": main}] if main else []
+        if ext and ext.params:
+            for p in ext.params:
+                p.requires_grad_(True)
+            groups.append({"params": ext.params, "lr": self.st.rows_lr})
+        obj = self.w.objective(kind, model, self.data, forget=forget, new=new, state=state, columns=lane.columns,
+                               settings=self.st, method=self.plan.method,
+                               gen=self.streams.generator(f"batches:{label}:{path.name}"),
+                               seed=self.streams.seed(f"validation:{label}") % 2 ** 31)
+        hist = fit(model, groups, obj.loss, tcfg, score_fn=obj.score, after_step=lambda: path.after_step(train),
+                   ledger=train, desc=f"{path.name}: {label}", progress=self.progress, counter=self.w.counting)
+        if ext is not None:
+            ext.finish()
+            for p in ext.params:
+                p.requires_grad_(False)
+        bits = ext.digital_bits if ext else 0
+        if bits and isinstance(path, AdapterPath):
+            path.sram.allocate(f"{label}-rows", bits)
+        dep = path.deploy(adapter, bits)
+        lane.train.merge(train)
+        lane.deploy.merge(dep)
+        return train, dep, hist
+
+    def step(self, train: Ledger | None, dep: Ledger | None, metrics, hist: dict | None, t0: float,
+             adapter: str | None = None, note: str = "") -> PathStep:
+        prof = self.plan.profile
+        return PathStep(metrics.metrics, metrics.per_class,
+                        training_J=train.energy(prof)["total"] if train else 0.0,
+                        deployment_J=dep.energy(prof)["total"] if dep else 0.0,
+                        deployment_s=dep.time(prof)["total"] if dep else 0.0,
+                        best_step=hist.get("best_step") if hist else None, seconds=round(time.perf_counter() - t0, 3),
+                        adapter=adapter, note=note)
+
+    def evaluate(self, model: nn.Module, columns: list, state: ClassState, key: str, title: str):
+        return self.w.evaluate(model, self.data, state, columns, key=key, title=title)
+
+    # -- the retrained reference -----------------------------------------------------
+    def reference(self, state: ClassState, index: int) -> tuple[nn.Module, list]:
+        """A model trained from scratch on the kept classes, deployed (one per distinct class set)."""
+        columns = [c for c in self.plan.order if c in state.kept or c in state.forgotten]
+        if self.w.initial_columns(state, self.plan.order) == list(self.plan.order):
+            columns = list(self.plan.order)  # the generator keeps one row per class of the scenario
+        key = (tuple(sorted(state.kept)), tuple(columns))
+        if key not in self.refs:
+            n = len(self.refs)
+            model = self.build(len(columns), f"model:retrain:{n}")
+            self.w.pretrain(model, self.data, state.kept, columns, self.st, self.streams.seed(f"train:retrain:{n}"),
+                            self.progress, f"retrain on {len(state.kept)} kept classes (reference)")
+            self.ref_float[key] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            deploy(model, self.chip(f"chip:retrain:{n}"), exclude=self.w.deploy_exclude(self.st), profile=self.plan.profile)
+            self.refs[key] = (model, columns)
+        self.ref_key = key
+        return self.refs[key]
+
+    # -- the run ---------------------------------------------------------------------
+    def run(self) -> SeedResult:
+        plan, w, st = self.plan, self.w, self.st
+        t_start = time.perf_counter()
+        self.data = w.prepare(plan.ds, plan.order, st, self.seed, self.streams.generator("data"))
+        if self.out is not None and hasattr(self.data, "grid_dir"):
+            self.data.grid_dir = self.out
+        t0 = time.perf_counter()
+        w.setup(self.data, self.streams.seed("setup") % 2 ** 31, self.progress)
+        self.timing["setup"] = round(time.perf_counter() - t0, 2)
+        state = plan.states[0]
+        cols = w.initial_columns(state, plan.order)
+        model = self.build(len(cols), "model:pretrain")
+        t0 = time.perf_counter()
+        if plan.config.pretrained:
+            load_weights(model, plan.config.pretrained)
+            pre = {"loaded_from": str(plan.config.pretrained)}
+        else:
+            pre = w.pretrain(model, self.data, state.kept, cols, st, self.streams.seed("train:pretrain"),
+                             self.progress, "pretrain (float)")
+        self.timing["pretrain"] = round(time.perf_counter() - t0, 2)
+        float_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        pre_eval = self.evaluate(model, cols, ClassState(state.initial, state.kept, [c for c in plan.states[-1].forgotten
+                                                                                  if c in state.kept], []),
+                                 "pretrained_float", "pretrained (float)")
+        pre = {**{k: v for k, v in pre.items() if isinstance(v, (int, float, str))},
+               "float_metrics": pre_eval.metrics}
+        chip = self.chip("chip:main")
+        dep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile)
+        field_chip = copy.deepcopy(chip)
+        full_model = copy.deepcopy(model)
+        full_chip = next(m.core.chip for _, m in analog_layers(full_model))
+        lanes = {"lora": _Lane(AdapterPath(model, chip, plan.profile, plan.adapter), list(cols), self.ledger(),
+                               self.ledger()),
+                 "full": _Lane(FullPath(full_model, full_chip, field_chip, plan.profile), list(cols), self.ledger(),
+                               self.ledger())}
+        self.refs: dict = {}
+        self.ref_float: dict = {}
+        self.ref_key = None
+        t0 = time.perf_counter()
+        # before any request, "forgotten" names the classes the scenario forgets later (a preview)
+        preview = ClassState(state.initial, state.kept, [c for c in plan.states[-1].forgotten if c in state.kept], [])
+        ev = self.evaluate(model, cols, preview, "deployed", f"pretrained, deployed on {plan.chip.preset}")
+        steps = {p: self.step(None, None, ev, None, t0) for p in ("lora", "full", "retrain")}
+        results = [self._request_result(0, steps)]
+        ledger_rows = []
+        undone: set[int] = set()
+        for i, req in enumerate(plan.requests[1:], start=1):
+            before, state = state, plan.states[i]
+            labels = plan.labels[i]
+            tag = f"{i}-{req.kind}" + (f"-{'-'.join(plan.names(labels))}" if labels else "")
+            steps = {}
+            for name, lane in lanes.items():
+                t0 = time.perf_counter()
+                steps[name] = self._apply(req, i, tag, lane, before, state, labels)
+                self.timing[f"{tag}:{name}"] = round(time.perf_counter() - t0, 2)
+            if req.kind == "age":
+                for m, _ in self.refs.values():
+                    _age(m, req.seconds)
+            t0 = time.perf_counter()
+            ref, ref_cols = self.reference(state, i)
+            steps["retrain"] = self.step(None, None, self.evaluate(ref, ref_cols, state, f"{tag}_retrain",
+                                                                   f"after {req}: retrained reference"), None, t0)
+            if req.kind == "undo":
+                undone.add(req.target)
+            results.append(self._request_result(i, steps))
+            if req.kind == "forget" or (req.kind == "undo" and plan.requests[req.target].kind == "forget"):
+                ledger_rows.append((i, req, steps["lora"]))
+        seed_result = self._finish(results, lanes, dep, pre, model, full_model, float_state, state, t_start)
+        seed_result.extras["ledger_rows"] = [(i, str(r), s.adapter, s.metrics) for i, r, s in ledger_rows]
+        return seed_result
+
+    def _request_result(self, i: int, steps: dict[str, PathStep]) -> RequestResult:
+        plan, s = self.plan, self.plan.states[i]
+        r = plan.requests[i]
+        return RequestResult(i, str(r), r.kind, plan.names(plan.labels[i]), plan.names(s.kept),
+                             plan.names(s.forgotten), plan.names(s.added), steps)
+
+    def _apply(self, req: Request, i: int, tag: str, lane: _Lane, before: ClassState, state: ClassState,
+               labels: list[int]) -> PathStep:
+        """Request ``req`` on one path; its step record."""
+        path, st = lane.path, self.st
+        lora = path.name == "lora"
+        t0 = time.perf_counter()
+        budget = {"forget": st.forget_lora if lora else st.forget_full,
+                  "learn": st.learn_lora if lora else st.learn_full}
+        adapter = tag if lora else None
+        title = f"after {req} ({path.name})"
+        if req.kind == "forget":
+            tr, dp, h = self.stage(lane, tag, "forget", budget["forget"], forget=labels, new=[], state=before,
+                                   adapter=adapter)
+            lane.undo[i] = (adapter, None)
+        elif req.kind in ("add", "repair"):
+            ext = None
+            if req.kind == "add":
+                with self.streams.global_rng(f"rows:{tag}:{path.name}"):
+                    ext = self.w.extend(path.model, path.name, labels, lane.columns, path.chip, tag,
+                                        self.plan.adapter.bits)
+                lane.columns = ext.columns
+            tr, dp, h = self.stage(lane, tag, "learn", budget["learn"], forget=[], new=labels, state=before,
+                                   ext=ext, adapter=adapter)
+            lane.undo[i] = (adapter, ext)
+        elif req.kind == "age":
+            _age(path.model, req.seconds)
+            if not lora:
+                path.field_chip.age(req.seconds)
+            return self.step(None, None, self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title),
+                             None, t0, note=f"every cell drifted for {req.seconds:g} s")
+        else:  # undo
+            target = self.plan.requests[req.target]
+            t_labels = self.plan.labels[req.target]
+            if lora:
+                name, ext = lane.undo.pop(req.target)
+                path.undo(name)
+                if ext is not None and ext.undo is not None:
+                    lane.columns = ext.undo(lane.columns)
+                    path.sram.release(f"{name}-rows")
+                ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
+                return self.step(None, None, ev, None, t0, note=f"deleted adapter {name}")
+            if target.kind == "repair":
+                ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
+                return self.step(None, None, ev, None, t0, note="a repair of the weights themselves is kept")
+            if target.kind == "forget":  # the full update relearns what it erased
+                tr, dp, h = self.stage(lane, tag, "learn", st.learn_full, forget=[], new=t_labels, state=before)
+                note = f"relearned {', '.join(self.plan.names(t_labels))} by training"
+            else:  # an added class is erased by training
+                tr, dp, h = self.stage(lane, tag, "forget", st.forget_full, forget=t_labels, new=[], state=before)
+                note = f"erased {', '.join(self.plan.names(t_labels))} by training"
+            ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
+            return self.step(tr, dp, ev, h, t0, note=note)
+        if lora and self.out is not None and adapter:
+            (self.out / "weights").mkdir(exist_ok=True)
+            save_adapter(path.model, adapter, self.out / "weights" / f"adapter-{adapter}.safetensors")
+        ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
+        return self.step(tr, dp, ev, h, t0, adapter=adapter)
+
+    def _finish(self, results: list[RequestResult], lanes: dict[str, _Lane], dep, pre: dict, model: nn.Module,
+                full_model: nn.Module, float_state: dict, state: ClassState, t_start: float) -> SeedResult:
+        plan, w, prof = self.plan, self.w, self.plan.profile
+        figs, paths = {}, {}
+        for name, lane in lanes.items():
+            inf = self.ledger()
+            n = w.inference(lane.path.model, self.data, state, lane.columns, inf)
+            figs[name] = cost_figures(lane.train, lane.deploy, inf, n, prof)
+            e_inf = inf.energy(prof)
+            breakdown = {"training_J": lane.train.energy(prof), "deployment_J": lane.deploy.energy(prof),
+                         "inference_J_per_sample": {k: v / max(1, n) for k, v in e_inf.items()},
+                         "inference_activation_J_per_sample": inf.counts["activation_macs"] * prof.mac_J / max(1, n),
+                         "training_counts": dict(lane.train.counts), "inference_counts": dict(inf.counts)}
+            paths[name] = PathResult(figs[name].to_dict(), breakdown, lane.path.reprogrammed_cells,
+                                     continual(results, name, w), forgotten_max(results, name, w.forget_metric))
+        digital = self.ledger()
+        n = w.inference(full_model, self.data, state, lanes["full"].columns, digital, as_digital=True)
+        digital_J = digital.energy(prof)["total"] / max(1, n)
+        rat = ratios(figs["full"], figs["lora"])
+        rat["inference_energy_vs_digital"] = digital_J / figs["lora"].inference_energy_J
+        gap_keys = [m for m, _ in w.request_metrics if m != "new_class_acc" and m != "new_style_rate"]
+        last = results[-1].paths
+        gaps = {}
+        for p in ("lora", "full"):
+            keys = [k for k in gap_keys if _finite(last[p].metrics.get(k)) and _finite(last["retrain"].metrics.get(k))]
+            gaps[p] = avg_gap(last[p].metrics, last["retrain"].metrics, keys) if keys else float("nan")
+        ctx = SeedContext(self.seed, self.data, plan.states[0], self.st, plan.adapter, plan.chip, self.out,
+                          lambda: self._float_copy(float_state))
+        t0 = time.perf_counter()
+        extras = w.extras(ctx)
+        self.timing["extras"] = round(time.perf_counter() - t0, 2)
+        if self.out is not None:
+            self._save(model, full_model, float_state, lanes)
+        self.timing["total"] = round(time.perf_counter() - t_start, 2)
+        return SeedResult(self.seed, [plan.ds.names[c] for c in plan.order], pre, dep.summary(), results, paths, rat,
+                          digital_J, gaps, extras, dict(self.timing))
+
+    def _float_copy(self, float_state: dict) -> nn.Module:
+        m = self.build(len(self.w.initial_columns(self.plan.states[0], self.plan.order)), "model:pretrain")
+        m.load_state_dict(float_state)
+        return m
+
+    def _save(self, model: nn.Module, full_model: nn.Module, float_state: dict, lanes: dict[str, _Lane]) -> None:
+        wdir = self.out / "weights"
+        wdir.mkdir(parents=True, exist_ok=True)
+
+        def save(sd: dict, name: str) -> None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(wdir / name))
+        save(float_state, "pretrained.safetensors")
+        save({k: v for k, v in model.state_dict().items() if "lora_" not in k}, "lora-path-digital.safetensors")
+        save({k: v for k, v in full_model.state_dict().items() if "lora_" not in k}, "full-update.safetensors")
+        if self.ref_key in self.ref_float:
+            save(self.ref_float[self.ref_key], "retrain.safetensors")
+        save(lanes["lora"].path.chip.state_dict(), "chip-cells.safetensors")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
+
+
+def _age(model: nn.Module, seconds: float) -> None:
+    """Let the chips under ``model`` drift for ``seconds`` (each chip once), then re-read its cells."""
+    layers = [m for _, m in analog_layers(model)]
+    for chip in {id(m.core.chip): m.core.chip for m in layers}.values():
+        chip.age(seconds)
+    for m in layers:
+        m.core.refresh()
+
+
+def continual(results: list[RequestResult], path: str, w: Workload) -> dict[str, Any]:
+    """The accuracy matrix R[t][i] and its summaries (GEM's average accuracy and backward
+    transfer, Chaudhry et al.'s forgetting; :func:`rmlora.metrics.accuracy_matrix_summary`).
+
+    Tasks are the learn request and each add request, each with the classes it brought
+    that are still kept at the end; row t is measured right before task t+1 arrives (after
+    the forget, repair and age requests that follow task t), the last row at the end.
+    R[t][i] is the mean per-class score (test accuracy; style: recognition rate) of task i.
+    """
+    metric = next(iter(results[-1].paths[path].per_class))  # test_acc or style_rate
+    kept = set(results[-1].kept)
+    task_rows = [k for k, r in enumerate(results) if r.kind in ("learn", "add")]
+    tasks = [[c for c in results[k].classes if c in kept] for k in task_rows]
+    keep = [t for t, cls in enumerate(tasks) if cls]
+    tasks = [tasks[t] for t in keep]
+    task_rows = [task_rows[t] for t in keep]
+    if not tasks:
+        return {}
+    ends = [task_rows[t + 1] - 1 for t in range(len(task_rows) - 1)] + [len(results) - 1]
+    T = len(tasks)
+    R = [[float("nan")] * T for _ in range(T)]
+    for t, row in enumerate(ends):
+        pc = results[row].paths[path].per_class.get(metric, {})
+        for i in range(t + 1):
+            vals = [pc[c] for c in tasks[i] if c in pc]
+            R[t][i] = float(sum(vals) / len(vals)) if vals else float("nan")
+    try:
+        summary = accuracy_matrix_summary(R)
+    except RmloraError:
+        summary = {}
+    return {"R": R, "tasks": ["+".join(c) for c in tasks], "rows_after": [results[e].request for e in ends],
+            "metric": metric, **summary}
+
+
+def forgotten_max(results: list[RequestResult], path: str, metric: str) -> float:
+    """The highest ``metric`` on the forgotten classes after any request that follows a forget."""
+    vals = [r.paths[path].metrics.get(metric) for r in results if r.forgotten]
+    vals = [v for v in vals if _finite(v)]
+    return max(vals) if vals else float("nan")
+
+
+# --------------------------------------------------------------------------- the scenario
+def run_scenario(cfg: ScenarioConfig, out: str | Path | None = None) -> ScenarioResult:
+    """Run ``cfg`` over its seeds; with ``out``, write the run folder (``summary.json``,
+    ``report.md``, plots, ``run.json``, ``deletion_ledger.jsonl``, ``weights/``)."""
+    from rmlora.threads import configure_threads
+
+    plan = plan_scenario(cfg)
+    threads = configure_threads(cfg.threads)
+    env = {"versions": versions(), "cpu": cpu_info(), "threads": threads, "threads_requested": cfg.threads}
+    out_dir = new_run_dir(out) if out is not None else None
+    if out_dir is not None:
+        write_json(out_dir / "run.json", {"config": cfg.to_dict(), "configuration": plan.configuration,
+                                          "settings": plan.settings.to_dict(), "seeds": plan.seeds,
+                                          "dataset": {"kind": plan.ds.kind, "source": plan.ds.source},
+                                          "requests": [str(r) for r in plan.requests], **env})
+    per_seed = []
+    for k, s in enumerate(tqdm(plan.seeds, desc="seeds", disable=not cfg.progress or len(plan.seeds) == 1)):
+        per_seed.append(_SeedRun(plan, s, out_dir if k == 0 else None).run())
+    result = ScenarioResult(plan.workload.name, plan.configuration, {"kind": plan.ds.kind, "source": plan.ds.source},
+                            [str(r) for r in plan.requests], plan.method, plan.seeds, cfg.to_dict(),
+                            plan.settings.to_dict(), plan.adapter.to_dict(), cfg.chip.to_dict(), env, per_seed,
+                            [m for m, _ in plan.workload.request_metrics])
+    if out_dir is not None:
+        from rmlora.scenario.report import write_report
+
+        for r in per_seed:
+            for i, req, adapter, metrics in r.extras.pop("ledger_rows"):
+                kind = plan.requests[i]
+                restored = kind.kind == "undo"
+                cls = plan.names(plan.labels[kind.target] if restored else plan.labels[i])
+                records.append(out_dir / "deletion_ledger.jsonl", classes=[] if restored else cls,
+                               adapter=adapter or req, metrics={k: v for k, v in metrics.items()},
+                               extra={"seed": r.seed, "workload": plan.workload.name, "request": req,
+                                      "preset": cfg.chip.preset, "method": plan.method,
+                                      **({"restored": cls} if restored else {})})
+        write_report(out_dir, result, plan.workload)
+        write_json(out_dir / "summary.json", result.to_dict())
+    else:
+        for r in per_seed:
+            r.extras.pop("ledger_rows", None)
+    return result
