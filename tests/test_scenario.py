@@ -224,3 +224,17 @@ def test_request_kinds_age_and_repair_run(tmp_path, monkeypatch):
     assert repair.paths["lora"].adapter == "2-repair" and repair.paths["lora"].training_J > 0
     assert "deleted adapter 2-repair" in undo.paths["lora"].note
     assert Request.parse("age:1y").seconds == pytest.approx(31557600.0)
+
+
+def test_undoing_an_add_under_a_later_one_switches_its_rows_off(tmp_path, monkeypatch):
+    monkeypatch.delenv("RMLORA_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "sk"))
+    r = run_scenario(ScenarioConfig(workload="face", configuration="quick", seeds=1, progress=False, settings=TINY,
+                                    requests=parse_requests("add:proc-5,add:proc-6,undo:1")))
+    last = r.per_seed[0].requests[-1]
+    assert last.forgotten == ["proc-5"] and "proc-6" in last.kept
+    lora = last.paths["lora"]
+    assert lora.metrics["forget_acc"] == 0.0  # its rows are off: proc-5 can never be predicted
+    assert lora.per_class["test_acc"]["proc-5"] == 0.0
+    assert "deleted adapter 1-add-proc-5" in lora.note
+    assert "erased proc-5 by training" in last.paths["full"].note

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from pathlib import Path
 
 import click
 import torch
@@ -98,92 +99,212 @@ def _set(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
-@main.command("demo")
-@click.option("--config", "config_file", type=click.Path(), default=None,
-              help="scenario TOML file (the flags below override its values)")
-@click.option("--workload", "--task", "workload", default="face", show_default=True,
-              help="face: AT&T/Olivetti photos; speaker: FSDD recordings as spike trains; "
-                   "style: class-conditional diffusion transformer on stylized images (rmlora workloads)")
-@click.option("--configuration", default=None, help="the workload's configuration (default, quick; style: cpu, "
-                                                      "quick, gpu)")
-@click.option("--quick", is_flag=True, help="the quick configuration: short run for tests and a first look")
-@click.option("--requests", default=None,
-              help='request sequence, e.g. "forget:s3,add:s6,forget:s1,add:s7,undo:1" (+ joins classes; '
-                   "the learn request is 0)")
-@click.option("--data-dir", type=click.Path(), default=None,
-              help="real data folder (default: $RMLORA_DATA_DIR, else built-in procedural data)")
-@click.option("--download", is_flag=True, help="download the real dataset if it is not found")
-@click.option("--learn", default=None, help="classes to learn first, by index or name, comma-separated")
-@click.option("--forget", default=None, help="learned classes to forget, comma-separated")
-@click.option("--add", "add_", default=None, help="new classes to learn afterwards, comma-separated")
-@click.option("--method", default=None, help="unlearning method: ga, relabel or scrub (style: noise)")
-@click.option("--preset", default="rram-180nm", show_default=True, help="device preset name or JSON file")
-@click.option("--profile", default="cmos-180nm", show_default=True, help="technology profile name or JSON file")
-@click.option("--tile", type=int, default=128, show_default=True, help="tile rows = columns")
-@click.option("--dac-bits", type=int, default=8, show_default=True)
-@click.option("--adc-bits", type=int, default=8, show_default=True)
-@click.option("--no-read-noise", is_flag=True, help="switch the per-read noise of the cells off")
-@click.option("--rank", type=int, default=None, help="adapter rank (default: the workload's)")
-@click.option("--alpha", type=float, default=None, help="adapter alpha (default: the workload's)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--seeds", type=int, default=None, help="number of seeds to average (default: the workload's)")
-@click.option("--pretrained", type=click.Path(), default=None, help="pretrained.safetensors of an earlier run")
-@click.option("--out", type=click.Path(), default="runs/demo", show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="torch CPU threads (the workloads' small matrices run fastest on one)")
-@click.option("--no-progress", is_flag=True)
-@click.pass_context
-def demo(ctx: click.Context, config_file, workload, configuration, quick, requests, data_dir, download, learn,
-         forget, add_, method, preset, profile, tile, dac_bits, adc_bits, no_read_noise, rank, alpha, seed, seeds,
-         pretrained, out, threads, no_progress) -> None:
-    """Learn, deploy, then a sequence of requests: adapter path vs full update vs retraining."""
-    from rmlora.config import AdapterConfig, ScenarioConfig, parse_requests
-    from rmlora.scenario import run_scenario, get_workload
-    from rmlora.scenario.report import costs_table, metrics_table
+def scenario_options(f):
+    """The options every scenario command takes (demo, deploy)."""
+    opts = [
+        click.option("--config", "config_file", type=click.Path(), default=None,
+                     help="scenario TOML file (the flags below override its values)"),
+        click.option("--workload", "--task", "workload", default="face", show_default=True,
+                     help="face: AT&T/Olivetti photos; speaker: FSDD recordings as spike trains; style: "
+                          "class-conditional diffusion transformer on stylized images (rmlora workloads)"),
+        click.option("--configuration", default=None,
+                     help="the workload's configuration (default, quick; style: cpu, quick, gpu)"),
+        click.option("--quick", is_flag=True, help="the quick configuration: short run for tests and a first look"),
+        click.option("--requests", default=None,
+                     help='request sequence, e.g. "forget:s3,add:s6,forget:s1,add:s7,undo:1" (+ joins classes; '
+                          "the learn request is 0)"),
+        click.option("--data-dir", type=click.Path(), default=None,
+                     help="real data folder (default: $RMLORA_DATA_DIR, else built-in procedural data)"),
+        click.option("--download", is_flag=True, help="download the real dataset if it is not found"),
+        click.option("--learn", default=None, help="classes to learn first, by index or name, comma-separated"),
+        click.option("--forget", default=None, help="learned classes to forget, comma-separated"),
+        click.option("--add", "add_", default=None, help="new classes to learn afterwards, comma-separated"),
+        click.option("--method", default=None, help="unlearning method: ga, relabel or scrub (style: noise)"),
+        click.option("--preset", default="rram-180nm", show_default=True, help="device preset name or JSON file"),
+        click.option("--profile", default="cmos-180nm", show_default=True,
+                     help="technology profile name or JSON file"),
+        click.option("--tile", type=int, default=128, show_default=True, help="tile rows = columns"),
+        click.option("--dac-bits", type=int, default=8, show_default=True),
+        click.option("--adc-bits", type=int, default=8, show_default=True),
+        click.option("--no-read-noise", is_flag=True, help="switch the per-read noise of the cells off"),
+        click.option("--rank", type=int, default=None, help="adapter rank (default: the workload's)"),
+        click.option("--alpha", type=float, default=None, help="adapter alpha (default: the workload's)"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seeds", type=int, default=None, help="number of seeds to average (default: the workload's)"),
+        click.option("--pretrained", type=click.Path(), default=None,
+                     help="pretrained.safetensors of an earlier run"),
+        click.option("--threads", type=int, default=1, show_default=True,
+                     help="torch CPU threads, capped to the free cores (the workloads' small matrices run "
+                          "fastest on one)"),
+        click.option("--no-progress", is_flag=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
 
-    cfg = ScenarioConfig.from_toml(config_file) if config_file else ScenarioConfig()
+
+def scenario_config(ctx: click.Context, p: dict) -> "ScenarioConfig":
+    """The :class:`ScenarioConfig` of a command's options: the TOML file, then the flags given."""
+    from rmlora.config import AdapterConfig, ScenarioConfig, parse_requests
+    from rmlora.scenario import get_workload
+
+    cfile = p["config_file"]
+    cfg = ScenarioConfig.from_toml(cfile) if cfile else ScenarioConfig()
     top: dict = {}
-    given = {k: _set(ctx, k) or not config_file for k in ("workload", "seed", "threads")}
-    if given["workload"]:
-        top["workload"] = workload
-    if quick and configuration and configuration != "quick":
-        raise RmloraError(f"--quick and --configuration {configuration} exclude each other")
-    if quick or configuration:
-        top["configuration"] = "quick" if quick else configuration
-    for name, value in (("data_dir", data_dir), ("method", method), ("seeds", seeds), ("pretrained", pretrained)):
-        if value is not None:
-            top[name] = value
-    if download:
+    for k in ("workload", "seed", "threads"):
+        if _set(ctx, k) or not cfile:
+            top[k] = p[k]
+    if p["quick"] and p["configuration"] and p["configuration"] != "quick":
+        raise RmloraError(f"--quick and --configuration {p['configuration']} exclude each other")
+    if p["quick"] or p["configuration"]:
+        top["configuration"] = "quick" if p["quick"] else p["configuration"]
+    for name in ("data_dir", "method", "seeds", "pretrained"):
+        if p[name] is not None:
+            top[name] = p[name]
+    if p["download"]:
         top["download"] = True
-    if given["seed"]:
-        top["seed"] = seed
-    if given["threads"]:
-        top["threads"] = threads
-    if no_progress:
+    if p["no_progress"]:
         top["progress"] = False
-    if requests is not None:
-        top["requests"] = parse_requests(requests)
-    for name, value in (("learn", learn), ("forget", forget), ("add", add_)):
+    if p["requests"] is not None:
+        top["requests"] = parse_requests(p["requests"])
+    for name, value in (("learn", p["learn"]), ("forget", p["forget"]), ("add", p["add_"])):
         if value is not None:
             top[name] = _idents(value)
-    chip = {k: v for k, v in (("preset", preset), ("profile", profile), ("tile", tile), ("dac_bits", dac_bits),
-                               ("adc_bits", adc_bits)) if _set(ctx, k) or not config_file}
-    if no_read_noise:
+    chip = {k: p[k] for k in ("preset", "profile", "tile", "dac_bits", "adc_bits") if _set(ctx, k) or not cfile}
+    if p["no_read_noise"]:
         chip["read_noise"] = False
     if "requests" in top or any(k in top for k in ("learn", "forget", "add")):
         cfg = cfg.replace(requests=None, learn=None, forget=None, add=None)  # the command line's scenario wins
     cfg = cfg.replace(**top, chip=cfg.chip.replace(**chip))
-    if rank is not None or alpha is not None:
+    if p["rank"] is not None or p["alpha"] is not None:
         w = get_workload(cfg.workload)
         base = cfg.adapter or w.settings(cfg.configuration or w.configurations[0]).adapter
-        cfg = cfg.replace(adapter=AdapterConfig(**{**base.to_dict(), **({"rank": rank} if rank is not None else {}),
-                                                   **({"alpha": alpha} if alpha is not None else {})}))
-    r = run_scenario(cfg, out)
+        cfg = cfg.replace(adapter=AdapterConfig(**{**base.to_dict(),
+                                                   **({"rank": p["rank"]} if p["rank"] is not None else {}),
+                                                   **({"alpha": p["alpha"]} if p["alpha"] is not None else {})}))
+    return cfg
+
+
+@main.command("demo")
+@scenario_options
+@click.option("--out", type=click.Path(), default="runs/demo", show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, out: str, **p) -> None:
+    """Learn, deploy, then a sequence of requests: adapter path vs full update vs retraining."""
+    from rmlora.scenario import run_scenario
+    from rmlora.scenario.report import costs_table, metrics_table
+
+    r = run_scenario(scenario_config(ctx, p), out)
     click.echo(f"{r.workload} scenario on {r.dataset['source']}: {', '.join(r.requests)}")
     click.echo(metrics_table(r))
     click.echo("")
     click.echo(costs_table(r))
     click.echo(f"\nrun folder: {out} (read report.md first)")
+
+
+# --------------------------------------------------------------------------- the device workflow
+@main.command("deploy")
+@scenario_options
+@click.option("--out", type=click.Path(), required=True, help="device folder to create")
+@click.pass_context
+def deploy_device(ctx: click.Context, out: str, **p) -> None:
+    """Pretrain a model, program it onto a chip and save the chip as a device folder."""
+    from rmlora.scenario.device import Device
+    from rmlora.threads import configure_threads
+
+    cfg = scenario_config(ctx, p)
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise RmloraError(f"--out {out} exists and is not empty; choose another folder")
+    configure_threads(cfg.threads)
+    dev = Device.deploy_new(cfg)
+    dev.save(out, new=True)
+    click.echo(dev.status(Path(out)))
+
+
+def _device_command(folder: str, data_dir: str | None, request, progress: bool) -> None:
+    from rmlora.scenario.device import Device
+    from rmlora.threads import configure_threads
+
+    configure_threads(1)
+    dev = Device.load(folder, data_dir, progress=progress)
+    rec = dev.apply(request)
+    dev.save(folder)
+    report = Path(folder) / "reports" / f"{rec['index']:02d}-{request.kind}.md"
+    click.echo(f"request {rec['index']} ({rec['request']}) done; report: {report}")
+    click.echo(dev.status(Path(folder)))
+
+
+_dev_arg = click.argument("device", type=click.Path())
+_data_opt = click.option("--data-dir", type=click.Path(), default=None,
+                         help="the data folder (default: the one the device was deployed with)")
+_prog_opt = click.option("--no-progress", is_flag=True)
+
+
+@main.command("forget")
+@_dev_arg
+@click.option("--classes", required=True, help="learned classes to forget, comma-separated")
+@_data_opt
+@_prog_opt
+def forget_cmd(device: str, classes: str, data_dir: str | None, no_progress: bool) -> None:
+    """Forget classes on a saved device with a new adapter (the arrays stay as programmed)."""
+    from rmlora.config import Request
+
+    _device_command(device, data_dir, Request("forget", _idents(classes) or []), not no_progress)
+
+
+@main.command("add")
+@_dev_arg
+@click.option("--classes", required=True, help="new classes to learn, comma-separated")
+@_data_opt
+@_prog_opt
+def add_cmd(device: str, classes: str, data_dir: str | None, no_progress: bool) -> None:
+    """Learn new classes on a saved device: a new adapter and digital output rows."""
+    from rmlora.config import Request
+
+    _device_command(device, data_dir, Request("add", _idents(classes) or []), not no_progress)
+
+
+@main.command("repair")
+@_dev_arg
+@_data_opt
+@_prog_opt
+def repair_cmd(device: str, data_dir: str | None, no_progress: bool) -> None:
+    """Train a digital adapter that wins back accuracy lost to device error."""
+    from rmlora.config import Request
+
+    _device_command(device, data_dir, Request("repair"), not no_progress)
+
+
+@main.command("age")
+@_dev_arg
+@click.option("--duration", required=True, help="retention time: 3600, 90s, 10m, 12h, 1d, 2w, 1y")
+@_data_opt
+def age_cmd(device: str, duration: str, data_dir: str | None) -> None:
+    """Let the device's cells drift for a while."""
+    from rmlora.config import Request, parse_duration
+
+    _device_command(device, data_dir, Request("age", seconds=parse_duration(duration)), False)
+
+
+@main.command("undo")
+@_dev_arg
+@click.argument("request", type=int)
+@_data_opt
+def undo_cmd(device: str, request: int, data_dir: str | None) -> None:
+    """Delete the adapter of an earlier request (numbered as `rmlora status` lists them)."""
+    from rmlora.config import Request
+
+    _device_command(device, data_dir, Request("undo", target=request), False)
+
+
+@main.command("status")
+@_dev_arg
+@_data_opt
+def status_cmd(device: str, data_dir: str | None) -> None:
+    """Adapters, SRAM used and free, ledger verification, accuracy on held-out data."""
+    from rmlora.scenario.device import Device
+
+    click.echo(Device.load(device, data_dir).status(Path(device)))
 
 
 @main.command("workloads")

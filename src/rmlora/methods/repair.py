@@ -24,8 +24,8 @@ from torch import nn
 
 from rmlora.adapters import adapter_bits, adapter_parameters, add_adapter
 from rmlora.device.params import DeviceParams, load_preset
-from rmlora.hardware import SimulatedChip, deploy
-from rmlora.config import TrainConfig
+from rmlora.hardware import deploy, make_chip
+from rmlora.config import ChipConfig, TrainConfig
 from rmlora.methods.train import Batches, fit
 from rmlora.metrics import accuracy
 
@@ -83,11 +83,11 @@ def repair_experiment(model_float: nn.Module, build_model: Callable[[], nn.Modul
     """
     device = preset if isinstance(preset, DeviceParams) else load_preset(preset)
 
-    ideal = _deployed_copy(model_float, SimulatedChip("ideal", seed=seed), build_model)
+    ideal = _deployed_copy(model_float, make_chip(ChipConfig(), seed, preset="ideal"), build_model)
     acc_before = _acc(ideal, test_xy)
     del ideal
 
-    noisy = _deployed_copy(model_float, SimulatedChip(device, seed=seed), build_model)
+    noisy = _deployed_copy(model_float, make_chip(ChipConfig(), seed, preset=device), build_model)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # read noise of the analogue layers
     acc_after_noise = _acc(noisy, test_xy)
@@ -150,7 +150,7 @@ def noise_sweep(model_float: nn.Module, xy_test: XY, levels_uS: list[float], dra
             dev = base.replace(relax_sigma_floor_uS=float(sigma), relax_sigma_iter_uS=0.0)
             row = []
             for k in range(draws):
-                chip = SimulatedChip(dev, seed=seed + k, dac_bits=8, adc_bits=8)
+                chip = make_chip(ChipConfig(dac_bits=8, adc_bits=8), seed + k, preset=dev)
                 m = copy.deepcopy(model_float).eval()
                 deploy(m, chip)
                 torch.manual_seed(seed + k)  # read noise, if the base preset has any

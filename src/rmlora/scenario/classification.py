@@ -19,7 +19,7 @@ from torch import nn
 from rmlora.adapters import DigitalRows
 from rmlora.costs import Ledger, counting
 from rmlora.hardware.layers import AnalogLinear
-from rmlora.methods import Batches, fit, make_objective, snapshot
+from rmlora.methods import METHODS, Batches, fit, make_objective, snapshot
 from rmlora.methods.paths import head_in_features
 from rmlora.metrics import accuracy, forget_mia_auc, mia_efficacy, per_sample_loss
 from rmlora.scenario.workload import ClassState, Columns, Evaluation, Extension, Objective, WorkloadSettings
@@ -122,6 +122,11 @@ class ClassificationWorkload:
     request_metrics = (("forget_acc", "forget"), ("retain_acc", "retain"), ("test_acc", "test"),
                        ("new_class_acc", "new"))
     forget_metric = "forget_acc"
+    methods = METHODS
+
+    def default_classes(self, ds: Any, settings: ClassifierSettings) -> tuple[list, list, list]:
+        """learn / forget / add classes of the default scenario."""
+        return settings.learn, settings.forget, settings.add
 
     # -- data --------------------------------------------------------------
     def prepare(self, ds: Any, order: list[int], settings: ClassifierSettings, seed: int,

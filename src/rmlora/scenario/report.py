@@ -161,9 +161,10 @@ def plot_requests(r: ScenarioResult, path: Path) -> None:
     labels = [q.request for q in r.per_seed[0].requests]
     fig, axes = plt.subplots(1, len(ms), figsize=(3.6 * len(ms) + 1, 3.6), sharey=True)
     for ax, m in zip(axes, ms):
-        for p in ("lora", "full", "retrain"):
+        for k, p in enumerate(("lora", "full", "retrain")):  # nudged sideways so equal scores stay visible
             vals = [100 * r.metric(p, m, i)["mean"] for i in range(len(labels))]
-            ax.plot(range(len(labels)), vals, "o-", color=COLOURS[p], label=PATH_NAMES[p], alpha=0.85)
+            ax.plot([i + 0.06 * (k - 1) for i in range(len(labels))], vals, "o-", color=COLOURS[p],
+                    label=PATH_NAMES[p], alpha=0.85)
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
         ax.set_title(m, fontsize=10)
         ax.set_ylim(-5, 105)

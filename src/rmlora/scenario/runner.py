@@ -36,16 +36,12 @@ from rmlora.costs import Ledger, cost_figures, load_profile, ratios
 from rmlora.costs.profile import TechProfile
 from rmlora.errors import RmloraError
 from rmlora.hardware import analog_layers, deploy, make_chip
-from rmlora.methods import METHODS, fit
+from rmlora.methods import fit
 from rmlora.methods.paths import AdapterPath, FullPath
 from rmlora.metrics import accuracy_matrix_summary, avg_gap
 from rmlora.runinfo import Streams, cpu_info, new_run_dir, versions, write_json
 from rmlora.scenario.results import PathResult, PathStep, RequestResult, ScenarioResult, SeedResult
 from rmlora.scenario.workload import ClassState, Workload, WorkloadSettings, get_workload
-
-#: unlearning methods of the generator workload (forgotten labels trained towards noise)
-GENERATION_METHODS = ("noise",)
-
 
 # --------------------------------------------------------------------------- planning
 @dataclass
@@ -128,6 +124,12 @@ def apply_request(state: ClassState, req: Request, labels: list[int], requests: 
     return s
 
 
+def request_tag(i: int, req: Request, names: list[str]) -> str:
+    """The name of request ``i``'s adapter and files: ``1-forget-s3`` (dots, which torch module
+    names cannot hold, become underscores)."""
+    return (f"{i}-{req.kind}" + (f"-{'-'.join(names)}" if names else "")).replace(".", "_")
+
+
 def _resolve(ds: Any, items: list[str], where: str) -> list[int]:
     out = []
     for it in items:
@@ -142,7 +144,7 @@ def _resolve(ds: Any, items: list[str], where: str) -> list[int]:
 
 def default_requests(w: Workload, ds: Any, st: WorkloadSettings, cfg: ScenarioConfig) -> list[Request]:
     """learn / forget / add of the workload's default scenario, with the config's classes."""
-    learn, forget, add = (getattr(w, "default_classes", None) or (lambda d, s: (s.learn, s.forget, s.add)))(ds, st)
+    learn, forget, add = w.default_classes(ds, st)
     if cfg.learn is not None:  # forget the 2nd and 3rd (style) or the default's position among the learned
         learn_given = cfg.learn
         if cfg.forget is None:
@@ -168,8 +170,11 @@ def _budgets(st: WorkloadSettings, cfg: ScenarioConfig) -> WorkloadSettings:
     return st.replace(**changes) if changes else st
 
 
-def plan_scenario(cfg: ScenarioConfig) -> Plan:
-    """Resolve and check ``cfg``; raises :class:`RmloraError` (one line) for anything wrong."""
+def plan_scenario(cfg: ScenarioConfig, *, all_classes: bool = False) -> Plan:
+    """Resolve and check ``cfg``; raises :class:`RmloraError` (one line) for anything wrong.
+
+    ``all_classes``: the scenario's classes are every class of the data set (the learned ones
+    first), as a device that may be asked to learn any of them later needs."""
     w = get_workload(cfg.workload)
     configuration = cfg.configuration or w.configurations[0]
     if configuration not in w.configurations:
@@ -181,7 +186,7 @@ def plan_scenario(cfg: ScenarioConfig) -> Plan:
     st = _budgets(st, cfg)
     adapter = cfg.adapter or st.adapter
     method = cfg.method or st.method
-    known = GENERATION_METHODS if w.name == "style" else METHODS
+    known = w.methods
     if method not in known:
         raise RmloraError(f"unknown method {method!r} for the {w.name} workload; known: {', '.join(known)}")
     profile = load_profile(cfg.chip.profile)
@@ -205,7 +210,7 @@ def plan_scenario(cfg: ScenarioConfig) -> Plan:
             undone.add(r.target)
         states.append(state)
     order = []
-    for lab in labels:
+    for lab in labels + ([list(range(len(ds.names)))] if all_classes else []):
         order += [c for c in lab if c not in order]
     plan = Plan(cfg, w, configuration, st, adapter, method, profile, ds, requests, labels, states, order,
                 [cfg.seed + k for k in range(cfg.seeds or st.seeds)], chip_cfg)
@@ -217,43 +222,36 @@ def plan_scenario(cfg: ScenarioConfig) -> Plan:
 
 
 def plan_sram(plan: Plan) -> list[int]:
-    """SRAM bits in use after each request on the adapter path (adapters at ``adapter.bits`` plus one
-    32-bit scale per tensor, digital rows); refuses the first request that would not fit."""
+    """SRAM bits in use after each request on the adapter path, found by adding the adapters and
+    rows to a probe of the model (the same :class:`AdapterPath` and SRAM accounting the run uses);
+    refuses the first request that would not fit."""
     w, st = plan.workload, plan.settings
     model = w.build_model(len(w.initial_columns(plan.states[0], plan.order)), st)
     chip = make_chip(plan.chip.replace(read_noise=False), 0, preset="ideal")
     deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile)
     probe = AdapterPath(model, chip, plan.profile, plan.adapter)
-    targets = probe.targets()
-    if targets is not None and not targets:
+    if probe.targets() == []:
         raise RmloraError(f"adapter target_modules {plan.adapter.target_modules} match no analogue layer of the "
                           f"{w.name} model")
-    per_adapter = 0
-    for name, m in analog_layers(model):
-        if targets is None or name in targets:
-            per_adapter += plan.adapter.rank * (m.weight[0].numel() + m.weight.shape[0]) * plan.adapter.bits + 64
-    sram = SramBuffer(plan.profile.sram_capacity_bits)
     columns = w.initial_columns(plan.states[0], plan.order)
-    used = [0]
-    blocks: dict[int, list[str]] = {}
+    used, exts = [0], {}
     for i, r in enumerate(plan.requests[1:], start=1):
+        name = f"request{i}"
         try:
-            if r.kind in ("forget", "add", "repair"):
-                sram.allocate(f"request {i} ({r}) adapter", per_adapter)
-                blocks[i] = [f"request {i} ({r}) adapter"]
             if r.kind == "add":
-                ext = w.extend(model, "lora", plan.labels[i], columns, chip, f"plan{i}", plan.adapter.bits)
-                columns = ext.columns
-                ext.finish()
-                if ext.digital_bits:
-                    sram.allocate(f"request {i} ({r}) rows", ext.digital_bits)
-                    blocks[i].append(f"request {i} ({r}) rows")
+                exts[i] = w.extend(model, "lora", plan.labels[i], columns, chip, name, plan.adapter.bits)
+                columns = exts[i].columns
+                exts[i].finish()
+            if r.kind in ("forget", "add", "repair"):
+                probe.begin(name)
+            if i in exts and exts[i].digital_bits:
+                probe.sram.allocate(f"{name}-rows", exts[i].digital_bits)
             if r.kind == "undo":
-                for b in blocks.pop(r.target, []):
-                    sram.release(b)
+                probe.undo(f"request{r.target}")
+                probe.sram.release(f"request{r.target}-rows")
         except RmloraError as exc:
-            raise RmloraError(f"SRAM: {exc}; nothing was run") from None
-        used.append(sram.used_bits)
+            raise RmloraError(f"SRAM: request {i} ({r}): {exc}; nothing was run") from None
+        used.append(probe.sram.used_bits)
     return used
 
 
@@ -436,7 +434,7 @@ class _SeedRun:
         for i, req in enumerate(plan.requests[1:], start=1):
             before, state = state, plan.states[i]
             labels = plan.labels[i]
-            tag = f"{i}-{req.kind}" + (f"-{'-'.join(plan.names(labels))}" if labels else "")
+            tag = request_tag(i, req, plan.names(labels))
             steps = {}
             for name, lane in lanes.items():
                 t0 = time.perf_counter()

@@ -122,7 +122,9 @@ class Workload(Protocol):
     request_metrics: tuple[tuple[str, str], ...]
     #: the metric the deletion ledger and the headline use for "forgotten"
     forget_metric: str
+    methods: tuple[str, ...]  # the unlearning methods it accepts
 
+    def default_classes(self, ds: Any, settings: WorkloadSettings) -> tuple[list, list, list]: ...
     def settings(self, configuration: str) -> WorkloadSettings: ...
     def load(self, data_dir: str | None, seed: int, download: bool) -> Any: ...
     def prepare(self, ds: Any, order: list[int], settings: WorkloadSettings, seed: int,

@@ -258,6 +258,7 @@ class StyleWorkload:
     request_metrics = (("forget_style_rate", "forgotten"), ("kept_style_rate", "kept"),
                        ("new_style_rate", "new"))
     forget_metric = "forget_style_rate"
+    methods = ("noise",)  # the forgotten labels are trained towards pure-noise images
 
     def settings(self, configuration: str) -> StyleSettings:
         return style_settings(configuration)
