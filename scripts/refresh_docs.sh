@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every figure and table that README.md and docs/ show, from the runs themselves.
 #   bash scripts/refresh_docs.sh [DATA_DIR]   (DATA_DIR holds att_faces/ and fsdd/; default ../shared/data)
-# Runs (2-core CPU, one thread each): face ~5 min, face sequence ~3 min, speaker ~15 min, style ~16 min.
+# Measured on the 2-core CPU machine, one thread: face ~4 min, face sequence ~5 min, speaker ~15 min, style ~24 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/data}"
