@@ -143,7 +143,7 @@ def scenario_options(f):
     return f
 
 
-def scenario_config(ctx: click.Context, p: dict) -> "ScenarioConfig":
+def scenario_config(ctx: click.Context, p: dict):
     """The :class:`ScenarioConfig` of a command's options: the TOML file, then the flags given."""
     from rmlora.config import AdapterConfig, ScenarioConfig, parse_requests
     from rmlora.scenario import get_workload

@@ -24,7 +24,7 @@ from torch import nn
 
 from rmlora.adapters import adapter_bits, adapter_parameters, add_adapter
 from rmlora.device.params import DeviceParams, load_preset
-from rmlora.hardware import deploy, make_chip
+from rmlora.hardware import Chip, deploy, make_chip
 from rmlora.config import ChipConfig, TrainConfig
 from rmlora.methods.train import Batches, fit
 from rmlora.metrics import accuracy
@@ -48,7 +48,7 @@ def _fresh_copy(model_float: nn.Module, build_model: Callable[[], nn.Module] | N
     return m
 
 
-def _deployed_copy(model_float: nn.Module, chip: SimulatedChip,
+def _deployed_copy(model_float: nn.Module, chip: Chip,
                    build_model: Callable[[], nn.Module] | None = None) -> nn.Module:
     m = _fresh_copy(model_float, build_model).eval()
     deploy(m, chip)

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from rmlora import records

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rmlora import records
-from rmlora.adapters import SramBuffer, save_adapter
+from rmlora.adapters import save_adapter
 from rmlora.config import AdapterConfig, Request, ScenarioConfig, TrainConfig
 from rmlora.costs import Ledger, cost_figures, load_profile, ratios
 from rmlora.costs.profile import TechProfile

@@ -21,7 +21,6 @@ Fréchet distances and the classifier's reported test accuracy.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
@@ -440,7 +439,7 @@ class StyleWorkload:
         clf = s0.extras.get("classifier", {})
         grids = s0.extras.get("grids", {})
         names = list(s0.class_names)
-        lines = [f"## Style model and judge\n",
+        lines = ["## Style model and judge\n",
                  f"`DiTTransformer2DModel` in pixel space ({st.image_size}x{st.image_size} RGB, patch {st.patch_size}, "
                  f"{st.num_layers} layers, {st.num_attention_heads} heads x {st.attention_head_dim}), "
                  f"{st.prediction_type}, {st.beta_schedule} schedule, DDIM {st.sample_steps} steps, classifier-free "
