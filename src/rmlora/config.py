@@ -64,6 +64,20 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+def plain(v: Any) -> Any:
+    """``v`` as plain JSON-able data: dataclasses with ``to_dict`` through it, sequences as lists,
+    dicts item by item, paths as strings."""
+    if dataclasses.is_dataclass(v) and hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
 class ConfigBase:
     """``to_dict``/``from_dict`` with strict keys and types, for the dataclass configs."""
 
@@ -71,19 +85,7 @@ class ConfigBase:
     section: ClassVar[str] = "config"
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, ConfigBase):
-                v = v.to_dict()
-            elif isinstance(v, list) and v and isinstance(v[0], ConfigBase):
-                v = [x.to_dict() for x in v]
-            elif isinstance(v, Path):
-                v = str(v)
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
-        return out
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str | None = None):

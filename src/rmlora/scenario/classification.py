@@ -53,8 +53,12 @@ class ClassData:
 
     @staticmethod
     def _map(y: torch.Tensor, columns: Columns) -> torch.Tensor:
-        lut = {c: j for j, c in enumerate(columns) if c is not None}
-        return torch.tensor([lut.get(int(v), -1) for v in y], dtype=torch.long)
+        live = [(c, j) for j, c in enumerate(columns) if c is not None]
+        size = max([int(y.max()) + 1 if len(y) else 0] + [c + 1 for c, _ in live])
+        lut = torch.full((size,), -1, dtype=torch.long)
+        for c, j in live:
+            lut[c] = j
+        return lut[y.long()]
 
     def xy(self, split: str, labels: list[int], columns: Columns, augment: bool = False
            ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,7 +38,8 @@ from rmlora.config import Request, ScenarioConfig
 from rmlora.errors import RmloraError
 from rmlora.hardware import analog_layers, deploy
 from rmlora.runinfo import cpu_info, versions, write_json
-from rmlora.scenario.runner import Plan, _Lane, _SeedRun, load_weights, plan_scenario, request_tag
+from rmlora.scenario.runner import (Plan, _Lane, _SeedRun, ledger_append, load_weights, plan_scenario,
+                                   request_tag)
 from rmlora.scenario.workload import ClassState
 
 #: layout version of a device folder
@@ -257,14 +258,7 @@ class Device:
         i, req = last["index"], plan.requests[last["index"]]
         if req.kind in ("forget", "add", "repair"):
             save_adapter(model, self.tag(i), out / "adapters" / f"adapter-{self.tag(i)}.safetensors")
-        if req.kind == "forget" or (req.kind == "undo" and plan.requests[req.target].kind == "forget"):
-            restored = req.kind == "undo"
-            cls = plan.names(plan.labels[req.target] if restored else plan.labels[i])
-            records.append(out / "deletion_ledger.jsonl", classes=[] if restored else cls,
-                           adapter=self.tag(req.target if restored else i),
-                           metrics={k: v for k, v in last["metrics"].items()},
-                           extra={"workload": plan.workload.name, "request": str(req), "device_request": i,
-                                  **({"restored": cls} if restored else {})})
+        ledger_append(out / "deletion_ledger.jsonl", plan, i, last["metrics"], {"device_request": i})
         save_file({k: v.contiguous() for k, v in self.float_state.items()}, str(out / "pretrained.safetensors"))
         sd = {k: v.detach().cpu().contiguous() for k, v in chip.state_dict().items()}
         sd[GENERATOR_KEY] = chip.generator.get_state()

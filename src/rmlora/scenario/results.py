@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from rmlora.config import plain
 from rmlora.errors import RmloraError
 
 #: Version of the ``summary.json`` layout; bumped on every incompatible change.
@@ -49,17 +50,7 @@ class _Record:
     _nested: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, _Record):
-                v = v.to_dict()
-            elif isinstance(v, list) and v and isinstance(v[0], _Record):
-                v = [x.to_dict() for x in v]
-            elif isinstance(v, dict) and v and isinstance(next(iter(v.values())), _Record):
-                v = {k: x.to_dict() for k, x in v.items()}
-            out[f.name] = v
-        return out
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):

@@ -369,9 +369,8 @@ class _SeedRun:
     # -- the retrained reference -----------------------------------------------------
     def reference(self, state: ClassState, index: int) -> tuple[nn.Module, list]:
         """A model trained from scratch on the kept classes, deployed (one per distinct class set)."""
-        columns = [c for c in self.plan.order if c in state.kept or c in state.forgotten]
-        if self.w.initial_columns(state, self.plan.order) == list(self.plan.order):
-            columns = list(self.plan.order)  # the generator keeps one row per class of the scenario
+        known = [c for c in self.plan.order if c in state.kept or c in state.forgotten]
+        columns = self.w.initial_columns(ClassState(known, known), self.plan.order)
         key = (tuple(sorted(state.kept)), tuple(columns))
         if key not in self.refs:
             n = len(self.refs)
@@ -429,8 +428,6 @@ class _SeedRun:
         ev = self.evaluate(model, cols, preview, "deployed", f"pretrained, deployed on {plan.chip.preset}")
         steps = {p: self.step(None, None, ev, None, t0) for p in ("lora", "full", "retrain")}
         results = [self._request_result(0, steps)]
-        ledger_rows = []
-        undone: set[int] = set()
         for i, req in enumerate(plan.requests[1:], start=1):
             before, state = state, plan.states[i]
             labels = plan.labels[i]
@@ -447,14 +444,8 @@ class _SeedRun:
             ref, ref_cols = self.reference(state, i)
             steps["retrain"] = self.step(None, None, self.evaluate(ref, ref_cols, state, f"{tag}_retrain",
                                                                    f"after {req}: retrained reference"), None, t0)
-            if req.kind == "undo":
-                undone.add(req.target)
             results.append(self._request_result(i, steps))
-            if req.kind == "forget" or (req.kind == "undo" and plan.requests[req.target].kind == "forget"):
-                ledger_rows.append((i, req, steps["lora"]))
-        seed_result = self._finish(results, lanes, dep, pre, model, full_model, float_state, state, t_start)
-        seed_result.extras["ledger_rows"] = [(i, str(r), s.adapter, s.metrics) for i, r, s in ledger_rows]
-        return seed_result
+        return self._finish(results, lanes, dep, pre, model, full_model, float_state, state, t_start)
 
     def _request_result(self, i: int, steps: dict[str, PathStep]) -> RequestResult:
         plan, s = self.plan, self.plan.states[i]
@@ -656,18 +647,23 @@ def run_scenario(cfg: ScenarioConfig, out: str | Path | None = None) -> Scenario
         from rmlora.scenario.report import write_report
 
         for r in per_seed:
-            for i, req, adapter, metrics in r.extras.pop("ledger_rows"):
-                kind = plan.requests[i]
-                restored = kind.kind == "undo"
-                cls = plan.names(plan.labels[kind.target] if restored else plan.labels[i])
-                records.append(out_dir / "deletion_ledger.jsonl", classes=[] if restored else cls,
-                               adapter=adapter or req, metrics={k: v for k, v in metrics.items()},
-                               extra={"seed": r.seed, "workload": plan.workload.name, "request": req,
-                                      "preset": cfg.chip.preset, "method": plan.method,
-                                      **({"restored": cls} if restored else {})})
+            for i, q in enumerate(r.requests):
+                ledger_append(out_dir / "deletion_ledger.jsonl", plan, i, q.paths["lora"].metrics,
+                              {"seed": r.seed, "preset": cfg.chip.preset, "method": plan.method})
         write_report(out_dir, result, plan.workload)
         write_json(out_dir / "summary.json", result.to_dict())
-    else:
-        for r in per_seed:
-            r.extras.pop("ledger_rows", None)
     return result
+
+
+def ledger_append(path: Path, plan: Plan, i: int, metrics: dict[str, float], extra: dict[str, Any]) -> None:
+    """One deletion-ledger entry for request ``i`` when it forgets classes or undoes a forget
+    (then ``restored`` names them); other requests write nothing."""
+    req = plan.requests[i]
+    restored = req.kind == "undo" and plan.requests[req.target].kind == "forget"
+    if req.kind != "forget" and not restored:
+        return
+    k = req.target if restored else i
+    cls = plan.names(plan.labels[k])
+    records.append(path, classes=[] if restored else cls, adapter=request_tag(k, plan.requests[k], cls),
+                   metrics=dict(metrics), extra={"workload": plan.workload.name, "request": str(req), **extra,
+                                                 **({"restored": cls} if restored else {})})
