@@ -28,7 +28,8 @@ def deployed(sizes=(16, 32, 8), *, read_noise: bool = False, seed: int = 0) -> n
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers[:-1])
-    deploy(model, SimulatedChip("rram-180nm", seed=seed, read_noise=read_noise))
+    deploy(model, SimulatedChip("rram-180nm", seed=seed, read_noise=read_noise),
+           calibrate=torch.randn(512, sizes[0], generator=torch.Generator().manual_seed(seed)))
     return model
 
 

@@ -13,7 +13,7 @@ from rmlora.adapters import DigitalRows, add_adapter
 from rmlora.costs import CostFigures, Ledger, cost_figures, counting, load_profile, ratios
 from rmlora.costs.profile import PROFILE_DIR
 from rmlora.errors import RmloraError
-from rmlora.hardware import AnalogLinear, SimulatedChip, deploy
+from rmlora.hardware import AnalogLinear, SimulatedChip, calibrate, deploy
 
 PROF = load_profile("cmos-180nm")
 # constants of cmos-180nm.json used below (J, s):
@@ -131,6 +131,7 @@ def analog_linear(n_in: int, n_out: int) -> AnalogLinear:
     torch.manual_seed(0)
     layer = AnalogLinear.from_float(nn.Linear(n_in, n_out), SimulatedChip("rram-180nm", seed=0), "l")
     layer.program()
+    calibrate(layer, dense_input(256, n_in))
     return layer
 
 
@@ -192,7 +193,7 @@ def test_counting_an_adapter_counts_its_digital_macs():
     r, n_in, n_out, b = 3, 64, 32, 4
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(n_in, n_out))
-    deploy(model, SimulatedChip("rram-180nm", seed=0))
+    deploy(model, SimulatedChip("rram-180nm", seed=0), calibrate=dense_input(256, n_in))
     add_adapter(model, "a", r=r, bits=8)
     x = dense_input(b, n_in)
     led = Ledger()
@@ -212,7 +213,7 @@ def test_counting_an_adapter_counts_its_digital_macs():
 def test_counting_as_digital_reference():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    deploy(model, SimulatedChip("rram-180nm", seed=0))
+    deploy(model, SimulatedChip("rram-180nm", seed=0), calibrate=dense_input(256, 64))
     x = dense_input(4, 64)
     led = Ledger()
     with torch.no_grad(), counting(model, led, as_digital=True):

@@ -123,7 +123,7 @@ def test_a_damaged_device_folder_is_refused(device, tmp_path):
     assert res.exit_code == 2 and "chip.safetensors is missing" in res.output
     res = _cli("status", str(tmp_path))
     assert res.exit_code == 2 and "not a device folder" in res.output
-    text = (dev / "device.json").read_text().replace('"schema_version": 1', '"schema_version": 99')
+    text = (dev / "device.json").read_text().replace('"schema_version": 2', '"schema_version": 99')
     shutil.copytree(dev, tmp_path / "other")
     (tmp_path / "other" / "device.json").write_text(text)
     res = _cli("status", str(tmp_path / "other"))

@@ -13,8 +13,8 @@ from torch import nn
 
 from rmlora.device import load_preset
 from rmlora.errors import RmloraError
-from rmlora.hardware import (AnalogConv1d, AnalogConv2d, AnalogLinear, SimulatedChip, analog_layers, deploy,
-                             redeploy)
+from rmlora.hardware import (AnalogConv1d, AnalogConv2d, AnalogLinear, SimulatedChip, analog_layers, calibrate,
+                             deploy, redeploy)
 from rmlora.hardware.converters import dac, levels, quantise
 
 RRAM = load_preset("rram-180nm")
@@ -75,7 +75,7 @@ def test_ideal_deploy_reproduces_float_outputs():
 def test_rram_deploy_is_close_but_not_exact():
     model = mlp(0)
     ref = copy.deepcopy(model)
-    report = deploy(model, SimulatedChip("rram-180nm", seed=0))
+    report = deploy(model, SimulatedChip("rram-180nm", seed=0), calibrate=torch.randn(512, 64))
     x = torch.randn(64, 64)
     with torch.no_grad():
         err = rel_err(model(x), ref(x))
@@ -121,22 +121,26 @@ def test_without_converters_the_layer_is_a_direct_matmul(mapping):
 
 
 def test_tiled_adc_error_is_bounded_per_tile():
-    """With an ADC, each (row tile, column tile) block is digitised separately with its own full scale;
-    the output error is at most the sum of half steps of the row tiles."""
+    """With an ADC, each (row tile, column tile) block is digitised separately against its own frozen
+    full scale; calibrated at the 100th percentile on the same inputs nothing clips and the output
+    error is at most the sum of half steps of the row tiles."""
     bits = 6
-    chip = SimulatedChip(QUIET, seed=0, dac_bits=None, adc_bits=bits, read_noise=False)
+    chip = SimulatedChip(QUIET, seed=0, dac_bits=None, adc_bits=bits, read_noise=False, calibration_percentile=100)
     torch.manual_seed(2)
     lin = AnalogLinear.from_float(nn.Linear(300, 140, bias=False), chip, "l")
     lin.program()
     x = torch.randn(8, 300)
+    calibrate(lin, x)
     with torch.no_grad():
         y = lin(x)
+    assert lin.core.clipped == [0, 0]
     c, scale = lin.core.signed, lin.core.scale
     bound = torch.zeros(8, 140)
-    for r0 in range(0, 300, 128):
+    for i, r0 in enumerate(range(0, 300, 128)):
         part = x[:, r0:r0 + 128] @ c[r0:r0 + 128]  # µS·V partial currents of one row tile
-        for c0 in range(0, 140, 128):
-            fs = part[:, c0:c0 + 128].abs().max()
+        for k, c0 in enumerate(range(0, 140, 128)):
+            fs = lin.core.ranges.adc[i, k]
+            assert float(fs) == pytest.approx(float(part[:, c0:c0 + 128].abs().max()), rel=1e-6)
             bound[:, c0:c0 + 128] += fs / levels(bits) / 2
     exact = x @ lin.core.effective_weight().t()
     err = (y - exact).abs()
@@ -172,23 +176,32 @@ def test_quantise_codes_range_and_error(bits, fs, seed):
 def test_quantise_without_bits_is_identity_and_needs_two_bits():
     x = torch.randn(10)
     assert torch.equal(quantise(x, 1.0, None), x)
-    assert torch.equal(dac(x, None), x)
-    with pytest.raises(ValueError):
+    assert dac(x, None, torch.ones(())) == (x, 0)
+    with pytest.raises(RmloraError):
         levels(1)
+    with pytest.raises(RmloraError, match="integer"):
+        levels(7.5)
 
 
 @settings(deadline=None, max_examples=25)
 @given(bits=st.integers(2, 10), seed=st.integers(0, 2**31 - 1), mag=st.floats(1e-3, 1e3))
-def test_dac_stays_within_the_input_range(bits, seed, mag):
+def test_dac_clips_at_its_frozen_full_scale_and_counts_the_clips(bits, seed, mag):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(4, 33, generator=gen) * mag
-    q = dac(x, bits)
-    fs = float(x.abs().max())
-    assert float(q.abs().max()) <= fs * (1 + 1e-5)
-    # the largest input is a full-scale code and is kept exactly (up to rounding)
-    i = int(x.abs().argmax())
-    assert float(q.flatten()[i]) == pytest.approx(float(x.flatten()[i]), rel=1e-5)
-    assert float((q - x).abs().max()) <= fs / levels(bits) / 2 * (1 + 1e-4)
+    fs = torch.tensor(float(x.abs().quantile(0.9)))
+    q, clipped = dac(x, bits, fs)
+    step = float(fs) / levels(bits)
+    assert float(q.abs().max()) <= float(fs) * (1 + 1e-5)
+    inside = x.abs() <= fs
+    assert float((q - x)[inside].abs().max()) <= step / 2 * (1 + 1e-4)
+    assert clipped == int((x.abs() > fs + step / 2).sum())
+    # the eager path (other devices and dtypes) agrees with the compiled one
+    q64, c64 = dac(x.double(), bits, fs)
+    assert c64 == clipped and torch.allclose(q64.float(), q, atol=step * 1e-3)
+    # one full scale per vector (noise management): every row uses its own
+    rows = x.abs().amax(dim=1, keepdim=True)
+    qr, cr = dac(x, bits, rows)
+    assert cr == 0 and torch.allclose(qr.abs().amax(dim=1), rows.squeeze(1), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -321,7 +334,7 @@ def test_input_gradient_through_conv_layers():
     assert torch.allclose(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
 
     noisy = copy.deepcopy(ref)
-    deploy(noisy, SimulatedChip("rram-180nm", seed=0))
+    deploy(noisy, SimulatedChip("rram-180nm", seed=0), calibrate=torch.randn(64, 3, 64))
     x2 = x.detach().clone().requires_grad_(True)
     noisy(x2).square().sum().backward()
     assert x2.grad is not None and bool(torch.isfinite(x2.grad).all()) and float(x2.grad.abs().sum()) > 0
@@ -351,17 +364,171 @@ def test_moving_a_deployed_model_moves_its_cell_state():
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_each_call_keeps_its_own_read_noise_sample_for_the_backward_pass():
-    """A layer used twice in one graph (a recurrent step) sees two noise samples; each call's
-    dL/dx uses its own (y = x·C/scale, so with x = I the sample is y itself: dL/dx = g·yᵀ)."""
-    chip = SimulatedChip(RRAM.replace(read_noise_abs_uS=2.0), seed=0, dac_bits=None, adc_bits=None)
+def test_the_backward_pass_is_its_own_noisy_transposed_read():
+    """dL/dx comes from reading the arrays again, transposed, with fresh read noise per vector:
+    repeated backward passes differ, and their mean is dL/dy·W_eff (no converters here)."""
+    chip = SimulatedChip(RRAM.replace(read_noise_abs_uS=2.0, read_noise_rel=0.0), seed=0, dac_bits=None,
+                         adc_bits=None)
     torch.manual_seed(0)
-    lin = AnalogLinear.from_float(nn.Linear(4, 3, bias=False), chip, "l")
+    lin = AnalogLinear.from_float(nn.Linear(40, 30, bias=False), chip, "l")
     lin.program()
-    x1, x2 = torch.eye(4).requires_grad_(True), torch.eye(4).requires_grad_(True)
-    y1, y2 = lin(x1), lin(x2)
-    assert not torch.allclose(y1, y2)  # fresh noise per call
-    g1, g2 = torch.randn(4, 3), torch.randn(4, 3)
-    ((y1 * g1).sum() + (y2 * g2).sum()).backward()
-    assert torch.allclose(x1.grad, g1 @ y1.detach().t(), atol=1e-5)
-    assert torch.allclose(x2.grad, g2 @ y2.detach().t(), atol=1e-5)
+    gy = torch.randn(1, 30).expand(4000, 30).contiguous()
+    x = torch.randn(4000, 40, requires_grad=True)
+    lin(x).backward(gy)
+    grads = x.grad
+    assert not torch.allclose(grads[0], grads[1])
+    exact = gy[:1] @ lin.core.effective_weight()
+    sigma = 2.0 * float((gy[0] / lin.core.scale).norm())  # σ of one transposed MVM output
+    assert float((grads.mean(0) - exact[0]).abs().max()) < 5 * sigma / 4000 ** 0.5
+    assert float(grads.std(0).mean()) == pytest.approx(sigma, rel=0.05)
+
+
+# ---------------------------------------------------------------------------
+# converters a chip can have: frozen ranges, per-vector noise
+# ---------------------------------------------------------------------------
+
+def _layer(preset=RRAM, *, seed=0, n_in=300, n_out=200, **chip_kw):
+    torch.manual_seed(seed)
+    lin = nn.Linear(n_in, n_out)
+    layer = AnalogLinear.from_float(lin, SimulatedChip(preset, seed=seed, **chip_kw), "l")
+    layer.program()
+    return lin, layer
+
+
+@pytest.mark.parametrize("mode", ["calibrated", "per-vector"])
+def test_a_sample_does_not_depend_on_its_batch(mode):
+    """Bit for bit without read noise: a neighbour with 20x larger inputs changes nothing."""
+    _, layer = _layer(read_noise=False, range_mode=mode)
+    x = torch.randn(600, 300)
+    calibrate(layer, x[:512])
+    with torch.no_grad():
+        alone = layer(x[512:516])
+        mixed = layer(torch.cat([x[512:516], 20 * x[516:520]]))[:4]
+        one = torch.cat([layer(x[512 + i:513 + i]) for i in range(4)])
+    assert torch.equal(alone, mixed) and torch.equal(alone, one)
+
+
+def test_calibrated_ranges_are_frozen_saved_and_restored():
+    _, layer = _layer(read_noise=False)
+    x = torch.randn(512, 300)
+    r = calibrate(layer, x)[""]  # by module name: the layer itself
+    assert r is layer.core.ranges
+    chip = layer.core.chip
+    sd = chip.state_dict()
+    assert {"l/range.dac", "l/range.adc", "l/range.adc_t"} <= set(sd)
+    assert r.adc.shape == (3, 2) and r.adc_t.shape == (2, 3) and float(r.dac) > 0
+    # the DAC full scale is the 99.9th percentile of |x| over the calibration inputs
+    assert float(r.dac) == pytest.approx(float(x.abs().flatten().kthvalue(round(0.999 * x.numel())).values), rel=1e-6)
+    with torch.no_grad():
+        y = layer(x[:8])
+    other = SimulatedChip(RRAM, seed=0, read_noise=False)
+    torch.manual_seed(0)
+    twin = AnalogLinear.from_float(nn.Linear(300, 200), other, "l")
+    other.load_state_dict(sd)
+    twin.core.scale = layer.core.scale
+    twin.core.refresh()
+    with torch.no_grad():
+        assert torch.equal(twin(x[:8]) - twin.bias, y - layer.bias)
+
+
+def test_an_uncalibrated_chip_refuses_to_compute():
+    _, layer = _layer()
+    with pytest.raises(RmloraError, match="not calibrated"):
+        layer(torch.randn(2, 300))
+
+
+@pytest.mark.parametrize("feed", [torch.zeros(8, 300), torch.zeros(0, 300)])
+def test_calibration_on_zero_or_empty_inputs_is_refused(feed):
+    _, layer = _layer()
+    with pytest.raises(RmloraError, match="calibration"):
+        calibrate(layer, feed)
+    assert layer.core.ranges is None
+
+
+def test_unknown_range_mode_and_bad_percentile_are_refused():
+    with pytest.raises(RmloraError, match="range mode"):
+        SimulatedChip(RRAM, range_mode="per-call")
+    with pytest.raises(RmloraError, match="percentile"):
+        SimulatedChip(RRAM, calibration_percentile=120)
+
+
+def test_clipping_is_counted_in_the_ledger():
+    from rmlora.costs import Ledger, counting
+
+    _, layer = _layer(read_noise=False)
+    x = torch.randn(512, 300)
+    calibrate(layer, x)
+    led = Ledger()
+    with torch.no_grad(), counting(layer, led):
+        layer(x[:4])
+        small = led.counts["dac_clipped"]
+        layer(10 * x[:4])
+    assert small < 0.01 * 4 * 300
+    assert led.counts["dac_clipped"] - small > 0.5 * 4 * 300
+    assert led.counts["adc_clipped"] > 0
+
+
+def test_duplicates_in_a_batch_get_independent_read_noise():
+    _, layer = _layer()
+    x = torch.randn(512, 300)
+    calibrate(layer, x)
+    with torch.no_grad():
+        y = layer(x[:1].expand(64, 300).contiguous())
+        y2 = layer(x[:1].expand(64, 300).contiguous())
+    assert not torch.equal(y[0], y[1]) and not torch.equal(y, y2)
+    # correlation between two duplicates' deviations is that of independent draws
+    d = y - y.mean(0)
+    r = torch.corrcoef(d[:2])[0, 1]
+    assert abs(float(r)) < 0.3
+
+
+@pytest.mark.parametrize("rel", [0.0, 0.004])
+@pytest.mark.parametrize("mapping", ["offset", "differential"])
+def test_output_noise_of_one_mvm_matches_the_cell_model(rel, mapping):
+    """Without converters, the outputs of one input vector spread with variance
+    Σᵢ xᵢ²σᵢⱼ² (plus the reference column's Σᵢ xᵢ²σ_ref,ᵢ² with the offset mapping)."""
+    p = RRAM.replace(read_noise_abs_uS=0.3, read_noise_rel=rel, mapping=mapping)
+    _, layer = _layer(p, n_in=200, n_out=60, dac_bits=None, adc_bits=None)
+    core = layer.core
+    x = torch.randn(200)
+    n = 4000
+    with torch.no_grad():
+        y = layer(x.expand(n, 200).contiguous())
+    g = core.chip.conductance(core.handle)
+    s = core.chip.read_sigma(core.handle)
+    if mapping == "differential":
+        var = (x ** 2) @ (s[:, 0::2] ** 2 + s[:, 1::2] ** 2)
+    else:
+        _, s_ref = core.chip.reference(core.handle)
+        var = (x ** 2) @ (s ** 2) + (x ** 2) @ (s_ref[:, :1] ** 2)
+    var = var / core.scale ** 2
+    ratio = y.var(0) / var
+    # the sample variance of n draws has relative sd sqrt(2/(n-1)) = 2.2 %
+    assert float(ratio.mean()) == pytest.approx(1.0, abs=0.02)
+    assert float((ratio - 1).abs().max()) < 5 * (2 / (n - 1)) ** 0.5
+    mean_err = (y.mean(0) - (x @ core.signed) / core.scale - layer.bias) / (var / n).sqrt()
+    assert float(mean_err.abs().max()) < 5
+    del g
+
+
+def test_reference_columns_are_real_cells_with_programming_error():
+    _, layer = _layer()
+    g_ref, s_ref = layer.core.chip.reference(layer.core.handle)
+    assert g_ref.shape == (300, 2)
+    err = g_ref - RRAM.reference_uS
+    assert 0.2 < float(err.std()) < 3 and float(s_ref.min()) > 0
+    # the signed conductance is measured against the tile's own reference cells
+    g = layer.core.chip.conductance(layer.core.handle)
+    assert torch.allclose(layer.core.signed[:, 0], g[:, 0] - g_ref[:, 0])
+    assert torch.allclose(layer.core.signed[:, 199], g[:, 199] - g_ref[:, 1])
+
+
+def test_backward_converters_keep_gradients_close_to_exact():
+    _, layer = _layer(read_noise=False)
+    x = torch.randn(512, 300)
+    calibrate(layer, x)
+    xg = x[:64].clone().requires_grad_(True)
+    gy = torch.randn(64, 200)
+    layer(xg).backward(gy)
+    exact = gy @ layer.core.effective_weight()
+    assert rel_err(xg.grad, exact) < 0.05

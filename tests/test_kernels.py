@@ -15,7 +15,7 @@ from torch import nn
 
 from rmlora.device import kernels, load_preset, physics
 from rmlora.errors import RmloraError
-from rmlora.hardware import AnalogLinear, SimulatedChip
+from rmlora.hardware import AnalogLinear, SimulatedChip, calibrate
 from rmlora.hardware.converters import adc_sum, dac, levels
 
 RRAM = load_preset("rram-180nm")
@@ -75,8 +75,10 @@ def test_results_do_not_depend_on_the_thread_count(threads):
         res = physics.program(g0, target, d2d, stuck, RRAM, torch.Generator().manual_seed(5))
         r = physics.read(mean, sigma, torch.Generator().manual_seed(6))
         x = torch.randn(64, 300, generator=torch.Generator().manual_seed(7))
-        out[n] = (res.g, res.pulses, res.verify_reads, res.converged, r, dac(x, 6),
-                  adc_sum(torch.randn(3, 64, 300, generator=torch.Generator().manual_seed(8)), 128, 8))
+        part = torch.randn(3, 64, 300, generator=torch.Generator().manual_seed(8))
+        out[n] = (res.g, res.pulses, res.verify_reads, res.converged, r, dac(x, 6, torch.tensor(2.0))[0],
+                  adc_sum(part, 128, 8, torch.full((3, 3), 2.0), row_std=torch.full((3, 64), 0.1),
+                          ref_std=torch.full((3, 64, 3), 0.05), seed=9)[0])
     for k, (a, b) in enumerate(zip(out[1], out[2])):
         assert torch.equal(a, b), (k, (a != b).sum())
 
@@ -104,9 +106,12 @@ def test_presets_refuse_a_c2c_spread_beyond_the_kernel_range():
 def test_compiled_adc_matches_the_eager_path(shape, width):
     part = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))) * 30
     bits = 8
-    fast, eager = adc_sum(part, width, bits), adc_sum(part.double(), width, bits)
+    n_ct = -(-shape[2] // width)
+    fs = torch.full((shape[0], n_ct), 60.0)  # frozen full scales: some currents clip
+    (fast, c32), (eager, c64) = adc_sum(part, width, bits, fs), adc_sum(part.double(), width, bits, fs)
     assert fast.dtype == torch.float32 and eager.dtype == torch.float64 and fast.shape == eager.shape
-    step = part.abs().max() / levels(bits)
+    assert c32 == c64 == int((part.abs() > 60.0 * (1 + 0.5 / levels(bits))).sum()) > 0
+    step = 60.0 / levels(bits)
     diff = (fast.double() - eager).abs()
     assert float(diff.max()) <= shape[0] * float(step) * 1.001  # a code may round the other way per tile
     assert float((diff > 1e-4 * float(step)).double().mean()) < 0.01
@@ -114,8 +119,9 @@ def test_compiled_adc_matches_the_eager_path(shape, width):
 
 def test_compiled_dac_matches_the_eager_path():
     x = torch.randn(64, 300, generator=torch.Generator().manual_seed(9))
-    fast, eager = dac(x, 6), dac(x.double(), 6)
-    step = float(x.abs().max()) / levels(6)
+    fs = torch.tensor(2.5)
+    (fast, _), (eager, _) = dac(x, 6, fs), dac(x.double(), 6, fs)
+    step = 2.5 / levels(6)
     assert float((fast.double() - eager).abs().max()) <= step * 1.001
     assert float((fast.double() - eager).abs().gt(1e-6).double().mean()) < 0.01
     assert len(torch.unique(fast)) <= 2 * levels(6) + 1
@@ -127,6 +133,7 @@ def test_a_float64_layer_takes_the_eager_path_and_agrees():
     torch.manual_seed(0)
     lin = AnalogLinear.from_float(nn.Linear(300, 140), chip, "l")
     lin.program()
+    calibrate(lin, torch.randn(512, 300))
     x = torch.randn(16, 300)
     with torch.no_grad():
         y32 = lin(x)

@@ -118,7 +118,7 @@ def test_deploy_on_ideal_chip_matches_float_and_maps_every_matrix() -> None:
 def test_surrogate_training_works_through_analogue_layers() -> None:
     torch.manual_seed(0)
     model = SpeakerRSNN(3, hidden=32)
-    deploy(model, SimulatedChip("rram-180nm", seed=0))
+    deploy(model, SimulatedChip("rram-180nm", seed=0), calibrate=_spikes(16))
     for name in ("fc_in", "rec", "head"):
         getattr(model, name).weight.requires_grad_(True)
     F.cross_entropy(model(_spikes(4)), torch.tensor([0, 1, 2, 0])).backward()
@@ -211,7 +211,7 @@ def test_tiny_training_beats_chance(trained) -> None:
 # --------------------------------------------------------------------------- noise and repair
 def test_noise_sweep_accuracy_falls_with_write_noise(trained, tmp_path) -> None:
     model, sp = trained
-    sw = noise_sweep(model, _xy(sp, "test"), [0.0, 6.0, 20.0], draws=3, seed=0)
+    sw = noise_sweep(model, _xy(sp, "test"), [0.0, 6.0, 20.0], draws=3, seed=0, calibration=_xy(sp, "train")[0])
     assert sw["levels_uS"] == [0.0, 6.0, 20.0]
     assert len(sw["acc"]) == 3 and all(len(r) == 3 for r in sw["acc"])
     assert sw["std"][0] == pytest.approx(0.0, abs=1e-12)  # no noise: every chip the same

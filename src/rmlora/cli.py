@@ -62,7 +62,7 @@ def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: 
     ref = builtin_mlp(seed)
     model = copy.deepcopy(ref)
     chip = make_chip(ChipConfig(preset=preset, profile=profile, tile=tile, dac_bits=dac_bits, adc_bits=adc_bits), seed)
-    report = deploy(model, chip, profile=profile)
+    report = deploy(model, chip, profile=profile, calibrate=torch.randn(512, 64, generator=gen))
     x = torch.randn(256, 64, generator=gen)
     with torch.no_grad():
         y_ref, y = ref(x), model(x)

@@ -193,7 +193,7 @@ class ChipConfig(ConfigBase):
 
     section: ClassVar[str] = "chip"
     #: converter range modes the simulator implements
-    RANGE_MODES: ClassVar[tuple[str, ...]] = ("per-call",)
+    RANGE_MODES: ClassVar[tuple[str, ...]] = ("calibrated", "per-vector")
     BACKENDS: ClassVar[tuple[str, ...]] = ("simulator",)
 
     preset: str = _help("device preset name (rmlora presets) or JSON file", "rram-180nm")
@@ -201,9 +201,12 @@ class ChipConfig(ConfigBase):
     tile: int = _help("tile rows = columns (cells)", 128)
     dac_bits: int | None = _help("DAC resolution (bits); None: ideal inputs", 8)
     adc_bits: int | None = _help("ADC resolution (bits); None: ideal outputs", 8)
-    range_mode: str = _help("how converter full scales are set: per-call (the maximum of each call)",
-                            "per-call")
-    read_noise: bool = _help("a fresh read-noise sample of every cell on every array read", True)
+    range_mode: str = _help("how converter full scales are set: calibrated (frozen per layer and tile at "
+                            "deployment on training inputs) or per-vector (each input vector scaled by its own "
+                            "max |x| before the DAC, ADC ranges frozen)", "calibrated")
+    calibration_percentile: float = _help("percentile of |input| and |tile current| over the calibration "
+                                          "inputs that sets the DAC and ADC full scales", 99.9)
+    read_noise: bool = _help("fresh read noise in every MVM, drawn for each input vector", True)
     seed: int | None = _help("seed of the chip's cells and read noise; None: derived from the run's seed", None)
     backend: str = _help("chip backend: simulator", "simulator")
     device: str = _help("torch device of the simulated arrays (cpu, cuda)", "cpu")
@@ -216,6 +219,9 @@ class ChipConfig(ConfigBase):
                 raise RmloraError(f"chip.{name} must be an integer in 1..24 or None, got {v!r}")
         if self.range_mode not in self.RANGE_MODES:
             raise RmloraError(f"chip.range_mode must be one of {', '.join(self.RANGE_MODES)}, got {self.range_mode!r}")
+        _finite("chip.calibration_percentile", self.calibration_percentile, 50.0, strict=True)
+        if self.calibration_percentile > 100:
+            raise RmloraError(f"chip.calibration_percentile must lie in (50, 100], got {self.calibration_percentile}")
         if self.backend not in self.BACKENDS:
             raise RmloraError(f"chip.backend must be one of {', '.join(self.BACKENDS)}, got {self.backend!r}")
         if self.seed is not None and not 0 <= self.seed < 2 ** 63:

@@ -18,6 +18,8 @@ KEYS = {
     "cell_reads": "cells read in analogue MVMs (rows driven x columns)",
     "adc_conversions": "column currents digitised (per tile, reference columns included)",
     "tile_mvms": "analogue MVMs of one tile for one input vector",
+    "dac_clipped": "inputs beyond the DAC's frozen full scale (clipped; not priced)",
+    "adc_clipped": "tile currents beyond the ADC's frozen full scale (clipped; not priced)",
     "digital_macs": "INT8 multiply-accumulates on the digital unit",
     "activation_macs": "activation x activation products (attention QKᵀ, AV): digital MACs with no fixed weight",
     "sram_read_bits": "bits read from SRAM",

@@ -86,6 +86,36 @@ def _normal_pair(key, k):
     return r * (-s if odd else c), r * (c if odd else s)
 
 
+@nb.njit(inline="always", **FAST)
+def normal_pair_1h(key, k):
+    """Pair ``k`` of stream ``key`` from one hash: the angle from its top 24 bits, the radius
+    from its low 40 (U = m·2^-(1+G), G the leading zeros, m the 23 bits after the leading one),
+    so tails reach 7.4 σ. Half the hashing of :func:`_normal_pair`, for the read noise of MVMs."""
+    z = _mix(key + np.uint64(k + 1) * _GAMMA)
+    low = (z & _LOW40) | np.uint64(1)
+    lz = leading_zeros(low) - 24  # 0..39
+    sh = np.uint64(min(lz + 25, 63))
+    m = _F(1.0) + _F(np.int32((low << sh) >> _S41)) * _EPS23  # int32 → float converts in one instruction
+    g = _F(np.int32(lz))
+    big = m > _SQRT2
+    m = m * _F(0.5) if big else m
+    g = g + (_F(0.0) if big else _F(1.0))
+    t = (m - _F(1.0)) / (m + _F(1.0))
+    t2 = t * t
+    ln_m = _F(2.0) * t * (_F(1.0) + t2 * (_F(1 / 3) + t2 * (_F(1 / 5) + t2 * (_F(1 / 7) + t2 * _F(1 / 9)))))
+    r = math.sqrt(_F(2.0) * (g * _LN2 - ln_m))
+    q4 = _F(np.int32(z >> _S40)) * _EPS24 * _F(4.0)
+    q = np.int32(q4 + _F(0.5))
+    a = (q4 - _F(q)) * _HALF_PI
+    a2 = a * a
+    s = a * (_F(1.0) - a2 * (_F(1 / 6) - a2 * (_F(1 / 120) - a2 * (_F(1 / 5040) - a2 * _F(1 / 362880)))))
+    c = _F(1.0) - a2 * (_F(0.5) - a2 * (_F(1 / 24) - a2 * (_F(1 / 720) - a2 * (_F(1 / 40320)
+                                                                            - a2 * _F(1 / 3628800)))))
+    odd = (q & 1) == 1
+    r = r * _F(np.int32(1) - (q & np.int32(2)))
+    return r * (-s if odd else c), r * (c if odd else s)
+
+
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A 63-bit stream seed drawn from ``generator`` (torch's default one if None)."""
     return int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64))

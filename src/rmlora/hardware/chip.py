@@ -17,6 +17,7 @@ import torch
 from rmlora.device import physics
 from rmlora.device.params import DeviceParams, load_preset
 from rmlora.errors import RmloraError
+from rmlora.hardware.converters import RANGE_MODES, Ranges
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class ProgramStats:
     failed: int
     error_uS: torch.Tensor = field(repr=False)  # final − target of programmed, converged cells
     pulses_per_cell: torch.Tensor = field(repr=False)  # of programmed cells
+    targets_uS: torch.Tensor | None = field(default=None, repr=False)  # targets of error_uS's cells
+    reference_cells: int = 0  # reference-column cells programmed (their pulses are in the counts)
 
     @property
     def skipped(self) -> int:
@@ -73,6 +76,8 @@ class Chip(ABC):
     tile_cols: int
     dac_bits: int | None
     adc_bits: int | None
+    range_mode: str = "calibrated"
+    calibration_percentile: float = 99.9
 
     @abstractmethod
     def allocate(self, name: str, rows: int, cols: int) -> ArrayHandle: ...
@@ -94,20 +99,43 @@ class Chip(ABC):
     def read_sigma(self, handle: ArrayHandle) -> torch.Tensor:
         """Standard deviation of one read of each cell (rows, cols) µS."""
 
+    def reference(self, handle: ArrayHandle) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Offset mapping: conductance and read σ of the reference columns (rows, column tiles) µS,
+        one beside each tile; None when the mapping has none."""
+        return None
+
+    def ranges(self, handle: ArrayHandle) -> Ranges | None:
+        """The frozen converter full scales of an array, None before calibration."""
+        return None
+
+    def set_ranges(self, handle: ArrayHandle, ranges: Ranges) -> None:
+        raise RmloraError(f"{type(self).__name__} cannot store converter ranges")
+
 
 class SimulatedChip(Chip):
     """Simulated RM-CIM chip: tiles of ``tile`` cells, DAC/ADC bits, a device preset.
 
     ``n_tiles`` bounds the arrays (None: as many as needed). ``read_noise``
-    switches per-MVM read noise on or off. All randomness comes from ``seed``.
+    switches per-MVM read noise on or off. ``range_mode`` and
+    ``calibration_percentile`` say how converter full scales are fixed (see
+    :mod:`rmlora.hardware.converters`). With the offset mapping every tile
+    has a reference column of real cells beside its ``tile[1]`` columns,
+    programmed to g_ref with the same write-verify loop. All randomness comes
+    from ``seed``.
     """
 
     def __init__(self, preset: str | DeviceParams = "rram-180nm", *, tile: tuple[int, int] = (128, 128),
                  n_tiles: int | None = None, dac_bits: int | None = 8, adc_bits: int | None = 8,
-                 read_noise: bool = True, seed: int = 0, device: str | torch.device = "cpu") -> None:
+                 read_noise: bool = True, range_mode: str = "calibrated", calibration_percentile: float = 99.9,
+                 seed: int = 0, device: str | torch.device = "cpu") -> None:
         self.device = preset if isinstance(preset, DeviceParams) else load_preset(preset)
         if tile[0] < 1 or tile[1] < self.device.cells_per_weight or tile[1] % self.device.cells_per_weight:
             raise RmloraError(f"tile {tile} cannot hold {self.device.mapping} weights")
+        if range_mode not in RANGE_MODES:
+            raise RmloraError(f"unknown converter range mode {range_mode!r}; known: {', '.join(RANGE_MODES)}")
+        if not 50 < calibration_percentile <= 100:
+            raise RmloraError(f"calibration_percentile must lie in (50, 100], got {calibration_percentile}")
+        self.range_mode, self.calibration_percentile = range_mode, float(calibration_percentile)
         ideal = self.device.programming == "exact" and self.device.noiseless
         self.tile_rows, self.tile_cols = tile
         self.n_tiles = n_tiles
@@ -159,7 +187,10 @@ class SimulatedChip(Chip):
                 self._tiles_used += 1
         h = ArrayHandle(name, rows, cols, rt, ct, tuple(placements))
         g, d2d, stuck = physics.new_cells(rows * cols, self.device, self.generator)
-        self._arrays[name] = {"g": g, "d2d": d2d, "stuck": stuck, "target": torch.full_like(g, float("nan"))}
+        st = self._arrays[name] = {"g": g, "d2d": d2d, "stuck": stuck, "target": torch.full_like(g, float("nan"))}
+        if self.device.mapping == "offset":  # one reference column per tile, rows x column tiles cells
+            rg, rd, rs = physics.new_cells(rows * ct, self.device, self.generator)
+            st.update({"ref.g": rg, "ref.d2d": rd, "ref.stuck": rs, "ref.target": torch.full_like(rg, float("nan"))})
         self._handles[name] = h
         return h
 
@@ -175,20 +206,32 @@ class SimulatedChip(Chip):
             prev = st["target"]
             moved = torch.isnan(prev) | ((t - prev).abs() > self.device.tolerance_uS)
             idx = moved.nonzero().squeeze(1)
-            sel.append((handle, st, idx))
+            ref = torch.zeros(0, dtype=torch.long)
+            if "ref.g" in st and bool(torch.isnan(st["ref.target"]).any()):  # reference cells: once, to g_ref
+                ref = torch.isnan(st["ref.target"]).nonzero().squeeze(1)
+                parts.append((st["ref.g"][ref], torch.full((ref.numel(),), self.device.reference_uS),
+                              st["ref.d2d"][ref], st["ref.stuck"][ref]))
+            sel.append((handle, st, idx, ref))
             parts.append((st["g"][idx], t[idx], st["d2d"][idx], st["stuck"][idx]))
         g0, t, d2d, stuck = (torch.cat([p[k] for p in parts]) for k in range(4))
         res = physics.program(g0, t, d2d, stuck, self.device, self.generator)
         out, start = [], 0
-        for handle, st, idx in sel:
+        for handle, st, idx, ref in sel:
+            r = slice(start, start + ref.numel())
+            start += ref.numel()
+            if ref.numel():
+                st["ref.g"][ref] = res.g[r]
+                st["ref.target"][ref] = res.target[r]
             k = slice(start, start + idx.numel())
             start += idx.numel()
             st["g"][idx] = res.g[k]
             st["target"][idx] = res.target[k]
             conv = res.converged[k]
-            out.append(ProgramStats(handle.name, handle.cells, int(idx.numel()), int(res.set_pulses[k].sum()),
-                                    int(res.reset_pulses[k].sum()), int(res.verify_reads[k].sum()),
-                                    int((~conv).sum()), (res.g[k] - res.target[k])[conv], res.pulses[k]))
+            both = slice(r.start, k.stop)
+            out.append(ProgramStats(handle.name, handle.cells, int(idx.numel()), int(res.set_pulses[both].sum()),
+                                    int(res.reset_pulses[both].sum()), int(res.verify_reads[both].sum()),
+                                    int((~res.converged[both]).sum()), (res.g[k] - res.target[k])[conv],
+                                    res.pulses[k], res.target[k][conv], int(ref.numel())))
         return out
 
     def conductance(self, handle: ArrayHandle) -> torch.Tensor:
@@ -199,18 +242,38 @@ class SimulatedChip(Chip):
         s = physics.read_sigma(g, self.device)
         return torch.as_tensor(s).expand_as(g).to(self.torch_device) if self.read_noise else torch.zeros_like(g)
 
+    def reference(self, handle: ArrayHandle) -> tuple[torch.Tensor, torch.Tensor] | None:
+        st = self._arrays[handle.name]
+        if "ref.g" not in st:
+            return None
+        g = st["ref.g"].view(handle.rows, handle.col_tiles)
+        s = physics.read_sigma(g, self.device) if self.read_noise else 0.0
+        return g.to(self.torch_device), torch.as_tensor(s).expand_as(g).to(self.torch_device)
+
+    def ranges(self, handle: ArrayHandle) -> Ranges | None:
+        st = self._arrays[handle.name]
+        return Ranges.from_tensors(self.range_mode, st) if "range.dac" in st else None
+
+    def set_ranges(self, handle: ArrayHandle, ranges: Ranges) -> None:
+        self._arrays[handle.name].update({k: v.detach().float().cpu().clone() for k, v in ranges.tensors().items()})
+
     def age(self, seconds: float) -> None:
-        """Let every array drift for ``seconds`` of retention."""
+        """Let every array (reference columns included) drift for ``seconds`` of retention."""
         for st in self._arrays.values():
-            st["g"] = physics.relax_drift(st["g"], st["stuck"], seconds, self.device, self.generator)
+            for pre in ("", "ref.") if "ref.g" in st else ("",):
+                st[pre + "g"] = physics.relax_drift(st[pre + "g"], st[pre + "stuck"], seconds, self.device,
+                                                    self.generator)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Every array's cells (conductance, d2d gain, stuck code, last target)."""
-        return {f"{n}.{k}": v for n, st in self._arrays.items() for k, v in st.items()}
+        """Every array's cells (conductance, d2d gain, stuck code, last target; the same of its
+        reference column) and its frozen converter ranges, keyed ``"<array>/<field>"``."""
+        return {f"{n}/{k}": v for n, st in self._arrays.items() for k, v in st.items()}
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         for key, v in sd.items():
-            name, k = key.rsplit(".", 1)
-            if name not in self._arrays or self._arrays[name][k].shape != v.shape:
+            name, _, k = key.rpartition("/")
+            st = self._arrays.get(name)
+            ok = st is not None and (k.startswith("range.") or (k in st and st[k].shape == v.shape))
+            if not ok:
                 raise RmloraError(f"chip state {key!r} does not match this chip's arrays")
-            self._arrays[name][k] = v.clone()
+            st[k] = v.clone()

@@ -1,32 +1,59 @@
-"""DAC and ADC quantisation (signed, mid-tread, ``bits`` including sign).
+"""DAC and ADC of a tile, with full scales a chip can have, and the read noise of one MVM.
 
-Both are auto-ranged: the DAC full scale is the largest |input| of the call
-(abs-max input scaling, as aihwkit's noise management), the ADC full scale is
-the largest |current| of each tile's columns in the call. ``bits=None``
-switches a converter off (ideal).
+Converters are signed and mid-tread with ``bits`` bits including the sign
+(2^(bits-1) − 1 positive codes); ``bits=None`` switches one off (ideal).
+Their full scales never come from the batch being computed:
+
+``"calibrated"`` (default)
+    The DAC full scale of a layer and the ADC full scale of each of its
+    tiles are fixed at deployment by :func:`rmlora.hardware.calibrate` on
+    training inputs and frozen with the chip; values beyond them clip (the
+    ledger counts the clipped conversions).
+``"per-vector"``
+    aihwkit's noise management: each input vector is divided by its own
+    largest |x| in the digital domain before the DAC (so the DAC never
+    clips) and the result multiplied back after the ADC; the ADC full
+    scales are calibrated on the scaled vectors and frozen.
+
+Read noise of one MVM (one input vector on one tile), for Gaussian cell
+noise of σᵢⱼ µS, is exactly Gaussian: column j of row tile t gives
+Σᵢ xᵢ Gᵢⱼ + N(0, Σᵢ xᵢ² σᵢⱼ²), drawn afresh for every vector. When σ is the
+same for every cell of a layer the variance is σ²·Σᵢ xᵢ² (no extra matmul);
+otherwise one extra product x² · σ² gives it. With the offset mapping the
+tile's reference column adds its own draw, N(0, σ_ref² Σᵢ xᵢ²), shared by
+every column of the tile (the reference current is subtracted from each).
+On float32 CPU tensors the noise is drawn inside the compiled ADC kernel,
+from counter-based streams keyed by (call seed, vector), so results do not
+depend on the thread count.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
 import torch
 
-from rmlora.device.kernels import FAST
+from rmlora.device.kernels import FAST, _stream, normal_pair_1h
+from rmlora.errors import RmloraError
 from rmlora.threads import limit_threads
+
+#: how converter full scales are set (see the module docstring)
+RANGE_MODES = ("calibrated", "per-vector")
 
 
 def levels(bits: int) -> int:
     """Positive code levels of a signed converter with ``bits`` bits."""
-    if bits < 2:
-        raise ValueError("converters need at least 2 bits")
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits < 2:
+        raise RmloraError(f"converters need an integer number of bits >= 2, got {bits!r}")
     return 2 ** (bits - 1) - 1
 
 
 def quantise(x: torch.Tensor, full_scale: torch.Tensor | float, bits: int | None) -> torch.Tensor:
     """Round ``x`` to the codes of a signed ``bits`` converter spanning ±full_scale; clip outside.
 
-    Ties round up (as the compiled ADC). One new tensor, then in-place passes.
+    Ties round up (as the compiled kernels). ``full_scale`` broadcasts against ``x``.
     """
     if bits is None:
         return x
@@ -35,95 +62,208 @@ def quantise(x: torch.Tensor, full_scale: torch.Tensor | float, bits: int | None
     return torch.mul(x, 1 / step).add_(0.5).floor_().clamp_(-n, n).mul_(step)
 
 
-def adc_sum(part: torch.Tensor, width: int, bits: int, gain: torch.Tensor | None = None) -> torch.Tensor:
-    """Digitise signed partial currents ``part`` (row tiles, B, out), sum the row tiles and
-    multiply column j by ``gain[j]`` (default 1): (B, out).
+@dataclass
+class Ranges:
+    """Frozen converter full scales of one analogue layer.
 
-    Each tile (one row tile, ``width`` columns) has its own full scale: its
-    largest |current| in the call. float32 CPU input runs a compiled two-pass
-    kernel (the eager version makes about ten passes over ``part``).
+    ``dac``: () input units, the DAC full scale (1.0 in per-vector mode, where
+    inputs are scaled to |x| <= 1); ``adc``: (row tiles, column tiles) µS·input
+    units, each tile's ADC full scale in the forward read; ``adc_t``:
+    (column tiles, row tiles), the same for the transposed read of the
+    backward pass (inputs scaled per vector, calibrated on random vectors).
+    """
+
+    mode: str
+    dac: torch.Tensor
+    adc: torch.Tensor
+    adc_t: torch.Tensor
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"range.dac": self.dac, "range.adc": self.adc, "range.adc_t": self.adc_t}
+
+    @classmethod
+    def from_tensors(cls, mode: str, sd: dict[str, torch.Tensor]) -> "Ranges":
+        return cls(mode, sd["range.dac"], sd["range.adc"], sd["range.adc_t"])
+
+
+# -- DAC ----------------------------------------------------------------------------------
+def dac(x: torch.Tensor, bits: int | None, full_scale: torch.Tensor, out: torch.Tensor | None = None
+        ) -> tuple[torch.Tensor, int]:
+    """Quantise inputs (B, in) against ``full_scale`` (a scalar, or (B, 1) per vector);
+    returns (codes as values, number of inputs that clipped). ``out``: optional float32
+    CPU buffer shaped like ``x``."""
+    if bits is None:
+        return x, 0
+    fs = full_scale.detach().to(x.dtype).reshape(-1)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2:
+        out = torch.empty(x.shape) if out is None else out
+        with limit_threads():
+            clipped = _dac_kernel(x.detach().contiguous().numpy(), fs.contiguous().numpy(),
+                                  np.float32(levels(bits)), out.numpy())
+        return out, int(clipped)
+    fs = fs.view(-1, 1) if fs.numel() > 1 else fs
+    clipped = int((x.detach().abs() > fs * (1 + 0.5 / levels(bits))).sum())
+    return quantise(x.detach(), fs, bits), clipped
+
+
+@nb.njit(parallel=True, cache=True, **FAST)
+def _dac_kernel(x, fs, n_levels, out):
+    b, n = x.shape
+    per_row = fs.shape[0] > 1
+    clipped = np.zeros(b, np.int64)
+    for i in nb.prange(b):
+        f = max(fs[i] if per_row else fs[0], np.float32(1e-30))
+        step = f / n_levels
+        inv = np.float32(1.0) / step
+        c = 0
+        for k in range(n):
+            code = np.floor(x[i, k] * inv + np.float32(0.5))
+            c += 1 if abs(code) > n_levels else 0
+            out[i, k] = min(max(code, -n_levels), n_levels) * step
+        clipped[i] = c
+    return clipped.sum()
+
+
+def vector_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per-vector digital scale of noise management: max |x| of each row (B,), 1 for all-zero rows."""
+    m = x.detach().abs().amax(dim=1)
+    return torch.where(m > 0, m, torch.ones_like(m))
+
+
+# -- ADC (with the read noise of the MVM) -------------------------------------------------
+def adc_sum(part: torch.Tensor, width: int, bits: int | None, full_scale: torch.Tensor | None,
+            gain: torch.Tensor | None = None, *, row_std: torch.Tensor | None = None,
+            full_std: torch.Tensor | None = None, ref_std: torch.Tensor | None = None,
+            seed: int = 0) -> tuple[torch.Tensor, int]:
+    """Add the read noise of each MVM to the noise-free partial currents ``part`` (row tiles, B,
+    out), digitise each tile (``width`` columns) against its full scale ``full_scale`` (row tiles,
+    column tiles), sum the row tiles and multiply column j by ``gain[j]``: returns ((B, out), codes
+    that clipped).
+
+    Noise σ per (tile, vector): ``row_std`` (row tiles, B) for every column alike, or ``full_std``
+    (row tiles, B, out) per column; ``ref_std`` (row tiles, B) is the reference column's, one draw
+    per tile and vector subtracted from each of its columns. ``seed`` keys the draws.
     """
     n_rt, b, out = part.shape
     n_ct = -(-out // width)
+    g = torch.ones(out, dtype=part.dtype, device=part.device) if gain is None else gain.detach().to(part.dtype)
+    quant = bits is not None
+    if quant and full_scale is None:
+        raise RmloraError("ADC full scales are not calibrated")
     if part.device.type == "cpu" and part.dtype == torch.float32:
-        g = torch.ones(out) if gain is None else gain.detach().float().contiguous()
+        empty, empty3 = np.zeros((0, 0), np.float32), np.zeros((0, 0, 0), np.float32)
         y = torch.empty(b, out)
+        fs = full_scale.detach().float().contiguous().numpy() if quant else np.ones((n_rt, n_ct), np.float32)
         with limit_threads():
-            _adc_sum_kernel(part.detach().contiguous().numpy(), width, np.float32(levels(bits)), g.numpy(),
-                            y.numpy())
-        return y
-    padded = (torch.nn.functional.pad(part, (0, n_ct * width - out)) if n_ct * width != out else part)
-    padded = padded.reshape(n_rt, b, n_ct, width)
-    lo, hi = padded.amin(dim=(1, 3), keepdim=True), padded.amax(dim=(1, 3), keepdim=True)
-    y = quantise(padded, torch.maximum(-lo, hi), bits).view(n_rt, b, n_ct * width)[..., :out].sum(0)
-    return y if gain is None else y * gain
+            clipped = _adc_kernel(
+                part.detach().contiguous().numpy(), width, fs, np.float32(levels(bits) if quant else 1.0), quant,
+                g.contiguous().numpy(),
+                empty if row_std is None else row_std.detach().float().contiguous().numpy(),
+                empty3 if full_std is None else full_std.detach().float().contiguous().numpy(),
+                empty3 if ref_std is None else ref_std.detach().float().contiguous().numpy(),
+                np.uint64(seed), y.numpy())
+        return y, int(clipped)
+    gen = torch.Generator(device=part.device).manual_seed(seed)
+    v = part.detach().clone()
+    if full_std is not None:
+        v.addcmul_(full_std, torch.randn(v.shape, generator=gen, device=v.device, dtype=v.dtype))
+    elif row_std is not None:
+        v.addcmul_(row_std.unsqueeze(-1), torch.randn(v.shape, generator=gen, device=v.device, dtype=v.dtype))
+    if ref_std is not None:
+        zr = torch.randn(n_rt, b, n_ct, generator=gen, device=v.device, dtype=v.dtype) * ref_std
+        v -= zr.repeat_interleave(width, dim=2)[..., :out]
+    if not quant:
+        return v.sum(0) * g, 0
+    fs = full_scale.to(v.dtype).repeat_interleave(width, dim=1)[:, :out].unsqueeze(1)  # (rt, 1, out)
+    n = levels(bits)
+    clipped = int((v.abs() > fs * (1 + 0.5 / n)).sum())
+    return quantise(v, fs, bits).sum(0) * g, clipped
+
+
+@nb.njit(inline="always", **FAST)
+def _normals(key, base, z):
+    """Fill ``z`` (even length) with the normals of pairs base, base+1, ... of stream ``key``."""
+    h = z.shape[0] // 2
+    for k in range(h):
+        a, b = normal_pair_1h(key, base + k)
+        z[k] = a
+        z[h + k] = b
+
+
+@nb.njit(inline="always", **FAST)
+def _add_scaled(v, part, s, z):
+    for j in range(v.shape[0]):
+        v[j] = part[j] + s * z[j]
+
+
+@nb.njit(inline="always", **FAST)
+def _add_each(v, part, s, z):
+    for j in range(v.shape[0]):
+        v[j] = part[j] + s[j] * z[j]
+
+
+@nb.njit(inline="always", **FAST)
+def _shift(v, d):
+    for j in range(v.shape[0]):
+        v[j] -= d
+
+
+@nb.njit(inline="always", **FAST)
+def _digitise(v, inv, step, n_levels, acc, clip):
+    """acc += codes of v (per-column 1/step and step) times step; clip[j] += 1 where v clipped."""
+    for j in range(v.shape[0]):
+        code = np.floor(v[j] * inv[j] + np.float32(0.5))
+        clip[j] += np.int32(1) if abs(code) > n_levels else np.int32(0)
+        acc[j] += min(max(code, -n_levels), n_levels) * step[j]
+
+
+@nb.njit(inline="always", **FAST)
+def _accumulate(v, acc):
+    for j in range(v.shape[0]):
+        acc[j] += v[j]
 
 
 @nb.njit(parallel=True, cache=True, **FAST)
-def _adc_sum_kernel(part, width, n_levels, gain, y):
+def _adc_kernel(part, width, fs, n_levels, quant, gain, row_std, full_std, ref_std, seed, y):
     n_rt, b, out = part.shape
     n_ct = (out + width - 1) // width
-    step = np.empty((n_rt, out), np.float32)  # per column: its tile's step
-    for t in nb.prange(n_rt):  # pass 1: each tile's full scale, its largest |current|
-        col = np.zeros(out, np.float32)
-        for i in range(b):
-            for j in range(out):
-                col[j] = max(col[j], abs(part[t, i, j]))
-        for ct in range(n_ct):
-            lo, hi = ct * width, min(out, (ct + 1) * width)
-            fs = np.float32(1e-30)
-            for j in range(lo, hi):
-                fs = max(fs, col[j])
-            for j in range(lo, hi):
-                step[t, j] = fs / n_levels
-    inv_step = np.float32(1.0) / step
-    for i in nb.prange(b):  # pass 2: codes, back to currents, summed over row tiles
+    has_row, has_full, has_ref = row_std.shape[0] > 0, full_std.shape[0] > 0, ref_std.shape[0] > 0
+    noisy = has_row or has_full
+    half = (out + 1) // 2
+    n_ref = (n_ct + 1) // 2
+    per_tile = half + n_ref  # normal pairs one (tile, vector) uses
+    step = np.empty((n_rt, out), np.float32)
+    for t in range(n_rt):
         for j in range(out):
-            y[i, j] = 0.0
+            step[t, j] = max(fs[t, j // width], np.float32(1e-30)) / n_levels
+    inv = np.float32(1.0) / step
+    clipped = np.zeros(b, np.int64)
+    for i in nb.prange(b):
+        key = _stream(seed, i)
+        acc = np.zeros(out, np.float32)
+        v = np.empty(out, np.float32)
+        z = np.zeros(2 * half, np.float32)
+        zr = np.zeros(2 * n_ref, np.float32)
+        clip = np.zeros(out, np.int32)
         for t in range(n_rt):
-            for j in range(out):
-                code = min(max(np.floor(part[t, i, j] * inv_step[t, j] + np.float32(0.5)), -n_levels), n_levels)
-                y[i, j] += code * step[t, j]
+            base = t * per_tile
+            if noisy:
+                _normals(key, base, z)
+                if has_full:
+                    _add_each(v, part[t, i], full_std[t, i], z[:out])
+                else:
+                    _add_scaled(v, part[t, i], row_std[t, i], z[:out])
+            else:
+                v[:] = part[t, i]
+            if has_ref:
+                _normals(key, base + half, zr)
+                for ct in range(n_ct):
+                    _shift(v[ct * width:min(out, (ct + 1) * width)], ref_std[t, i, ct] * zr[ct])
+            if quant:
+                _digitise(v, inv[t], step[t], n_levels, acc, clip)
+            else:
+                _accumulate(v, acc)
         for j in range(out):
-            y[i, j] *= gain[j]
-
-
-def dac(x: torch.Tensor, bits: int | None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Quantise inputs (B, in) with one full scale per call (its abs max); ``out``: optional
-    float32 CPU buffer shaped like ``x`` to write into."""
-    if bits is None:
-        return x
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        out = torch.empty(x.shape) if out is None else out
-        with limit_threads():
-            _dac_kernel(x.detach().contiguous().view(-1).numpy(), np.float32(levels(bits)), out.view(-1).numpy())
-        return out
-    lo, hi = torch.aminmax(x)
-    return quantise(x, torch.maximum(-lo, hi), bits)
-
-
-@nb.njit(inline="always", **FAST)
-def _abs_max(x):
-    m = np.float32(0.0)
-    for i in range(x.shape[0]):
-        m = max(m, abs(x[i]))
-    return m
-
-
-@nb.njit(inline="always", **FAST)
-def _codes(x, inv, step, n_levels, out):
-    for i in range(x.shape[0]):
-        out[i] = min(max(np.floor(x[i] * inv + np.float32(0.5)), -n_levels), n_levels) * step
-
-
-@nb.njit(parallel=True, cache=True, **FAST)
-def _dac_kernel(x, n_levels, out):
-    n = x.shape[0]
-    chunks = 16
-    size = (n + chunks - 1) // chunks
-    part = np.zeros(chunks, np.float32)
-    for c in nb.prange(chunks):  # slices keep indices provably >= 0, so the loops vectorise
-        part[c] = _abs_max(x[c * size:(c + 1) * size])
-    step = max(part.max(), np.float32(1e-30)) / n_levels
-    for c in nb.prange(chunks):
-        _codes(x[c * size:(c + 1) * size], np.float32(1.0) / step, step, n_levels, out[c * size:(c + 1) * size])
+            y[i, j] = acc[j] * gain[j]
+        clipped[i] = clip.sum()
+    return clipped.sum()

@@ -11,6 +11,8 @@ from torch import nn
 from rmlora.costs.ledger import Ledger
 from rmlora.costs.profile import TechProfile, load_profile
 from rmlora.errors import RmloraError
+from rmlora.hardware.calibration import Feed
+from rmlora.hardware.calibration import calibrate as calibrate_ranges
 from rmlora.hardware.chip import Chip, ProgramStats
 from rmlora.hardware.layers import ANALOG_TYPES, AnalogLayer
 
@@ -104,11 +106,14 @@ def report_from(stats: list[ProgramStats], chip: Chip, profile: TechProfile) -> 
 
 
 def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
-           profile: TechProfile | str = "cmos-180nm") -> ProgrammingReport:
-    """Move every ``nn.Linear``/``Conv1d``/``Conv2d`` of ``model`` (in place) onto ``chip``
-    and write-verify it. Names matching a glob in ``exclude`` stay digital.
+           profile: TechProfile | str = "cmos-180nm", calibrate: Feed | None = None) -> ProgrammingReport:
+    """Move every ``nn.Linear``/``Conv1d``/``Conv2d`` of ``model`` (in place) onto ``chip``,
+    write-verify it, and fix its converter ranges on the training inputs ``calibrate`` (see
+    :func:`rmlora.hardware.calibrate`; without them a chip with converters refuses to compute
+    until calibrated). Names matching a glob in ``exclude`` stay digital.
 
-    Returns the programming report. Call :func:`redeploy` after changing weights.
+    Returns the programming report. Call :func:`redeploy` after changing weights (the ranges
+    stay frozen, as on a deployed chip).
     """
     profile = load_profile(profile) if isinstance(profile, str) else profile
     targets = []
@@ -136,7 +141,10 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
         new = cls.from_float(child, chip, full)
         setattr(parent, child_name, new)
         swapped.append(new)
-    return report_from(program_layers(swapped, chip), chip, profile)
+    report = report_from(program_layers(swapped, chip), chip, profile)
+    if calibrate is not None:
+        calibrate_ranges(model, calibrate)
+    return report
 
 
 def program_layers(layers: list[AnalogLayer], chip: Chip) -> list[ProgramStats]:

@@ -2,21 +2,26 @@
 
 Each layer keeps its float ``weight`` (the target the chip was programmed
 to, frozen unless a full-update baseline trains it) and a
-:class:`CrossbarCore` that computes y = x·W_eff from the chip's cells:
+:class:`CrossbarCore` that computes y = x·W_eff from the chip's cells. For
+each input vector (each row of x, each im2col column of a convolution):
 
-1. inputs go through the DAC (``chip.dac_bits``);
-2. each tile of 128 rows gives partial column currents x·G (µS·V) with a
-   fresh read-noise sample of every cell on every call; the reference
-   column (offset mapping) or the G− column (differential) is subtracted
-   in the analogue domain;
-3. each tile's signed currents go through the ADC (``chip.adc_bits``) and
-   are summed digitally;
-4. the sum is divided by the per-output scale (µS per weight unit); the bias
-   is added digitally.
+1. the DAC turns x into codes against the layer's frozen full scale (or,
+   in ``per-vector`` mode, x / max|x| against 1);
+2. each tile of 128 rows gives partial column currents x·G (µS·V) plus the
+   read noise of that one MVM, N(0, Σᵢ xᵢ²σᵢⱼ²), drawn afresh; the offset
+   mapping subtracts the tile's reference column (real cells, with their
+   own programming error and read noise), the differential mapping G−;
+3. each tile's signed currents go through its ADC against the tile's
+   frozen full scale and the row tiles are summed digitally;
+4. the sum is divided by the per-output scale (µS per weight unit) and,
+   in per-vector mode, multiplied by max|x|; the bias is added digitally.
 
-Gradients use the straight-through estimator of the converters: dL/dx =
-dL/dy·W_eff (a transposed read of the same arrays) and, when ``weight``
-requires grad, dL/dW = dL/dyᵀ·x.
+The backward pass is a transposed read of the same arrays with its own
+converters: dL/dy·(1/scale) is scaled per vector, quantised by the DAC,
+driven into the columns (read noise per vector as above, reference
+columns left out), digitised per tile against full scales calibrated on
+random vectors, and summed; when ``weight`` requires grad (a full-update
+baseline), dL/dW = dL/dyᵀ·x on the digital unit.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmlora.costs.counting import ANALOG
-from rmlora.device import mapping, physics
+from rmlora.device import kernels, mapping
+from rmlora.errors import RmloraError
 from rmlora.hardware.chip import ArrayHandle, Chip, ProgramStats
-from rmlora.hardware.converters import adc_sum, dac
+from rmlora.hardware.converters import Ranges, adc_sum, dac, vector_scale
 
 
 class CrossbarCore:
@@ -37,24 +43,32 @@ class CrossbarCore:
     def __init__(self, chip: Chip, name: str, out_features: int, in_features: int) -> None:
         self.chip = chip
         self.p = chip.device
+        self.name = name
         self.out_features, self.in_features = out_features, in_features
         self.handle: ArrayHandle = chip.allocate(name, in_features, out_features * self.p.cells_per_weight)
         self.scale: torch.Tensor | None = None  # µS per weight unit, (out,)
-        # (row tiles · tile rows, out) µS, zero below row ``in``: G − g_ref or G+ − G−, and its read noise σ
+        # (row tiles · tile rows, out) µS, zero below row ``in``: G − G_ref or G+ − G−
         self._signed: torch.Tensor | None = None
-        self._sigma: torch.Tensor | None = None
+        # read noise of the signed cells: one σ for all (µS), or σ² per cell (padded like _signed)
+        self._sigma_uniform: float | None = None
+        self._sigma2: torch.Tensor | None = None
+        # read noise of the reference columns: one σ, or σ² (row tiles · tile rows, column tiles)
+        self._ref_uniform: float | None = None
+        self._ref_sigma2: torch.Tensor | None = None
+        self.ranges: Ranges | None = None
+        self.collect: list[torch.Tensor] | None = None  # input rows sampled while calibrating
+        self.clipped = [0, 0]  # DAC inputs and ADC codes clipped by the last call
         self._scratch_bufs: dict[str, torch.Tensor] = {}  # scratch of forward_currents (CPU float32)
         self._inverse: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # (scale, 1 / scale)
 
     @property
     def signed(self) -> torch.Tensor:
-        """Signed conductances (in, out), µS: G − g_ref (offset) or G+ − G− (differential)."""
+        """Signed conductances (in, out), µS: G − G_ref (offset) or G+ − G− (differential)."""
         return self._signed[:self.in_features]
 
     @property
-    def sigma(self) -> torch.Tensor | None:
-        """Read-noise σ of ``signed`` (in, out), µS, or None without read noise."""
-        return None if self._sigma is None else self._sigma[:self.in_features]
+    def noisy(self) -> bool:
+        return self._sigma_uniform is not None or self._sigma2 is not None
 
     def targets(self, weight: torch.Tensor) -> torch.Tensor:
         """Target conductances (µS) for ``weight`` (out, in); keeps the previous scale
@@ -70,14 +84,26 @@ class CrossbarCore:
         return stats
 
     def refresh(self) -> None:
-        """Re-read the cells (after programming or ageing) into the MVM cache."""
-        g = self.chip.conductance(self.handle)
-        pad = self.handle.row_tiles * self.chip.tile_rows - self.in_features  # rows left empty in the last tile
-        self._signed = F.pad(mapping.signed_conductance(g, self.p), (0, 0, 0, pad)).contiguous()
-        s = self.chip.read_sigma(self.handle)
+        """Re-read the cells, reference columns and ranges (after programming, ageing or loading)."""
+        h = self.handle
+        g = self.chip.conductance(h)
+        rows = h.row_tiles * self.chip.tile_rows
+        pad = rows - self.in_features  # rows left empty in the last tile
+        s = self.chip.read_sigma(h)
+        ref = self.chip.reference(h) if self.p.mapping == "offset" else None
+        if ref is not None:  # G − G_ref of the tile's own reference column
+            g_ref, s_ref = ref
+            cols = torch.arange(self.out_features, device=g.device) // self.out_tile_width
+            signed = g - g_ref[:, cols]
+        else:
+            signed = mapping.signed_conductance(g, self.p)
+            s_ref = None
         if self.p.mapping == "differential":
             s = (s[:, 0::2] ** 2 + s[:, 1::2] ** 2).sqrt()
-        self._sigma = F.pad(s, (0, 0, 0, pad)).contiguous() if bool((s > 0).any()) else None
+        self._signed = F.pad(signed, (0, 0, 0, pad)).contiguous()
+        self._sigma_uniform, self._sigma2 = _noise_form(s, pad)
+        self._ref_uniform, self._ref_sigma2 = (None, None) if s_ref is None else _noise_form(s_ref, pad)
+        self.ranges = self.chip.ranges(h)
 
     def effective_weight(self) -> torch.Tensor:
         """Noise-free weights (out, in) the cells encode now."""
@@ -87,36 +113,103 @@ class CrossbarCore:
     def out_tile_width(self) -> int:
         return self.chip.tile_cols // self.p.cells_per_weight
 
+    @property
+    def needs_ranges(self) -> bool:
+        return self.chip.dac_bits is not None or self.chip.adc_bits is not None
+
     def mvm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """(B, in) → (B, out); ``weight`` carries the gradient of a full-update baseline."""
         keep = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         return _AnalogMVM.apply(x, weight, self, keep)
 
-    def forward_currents(self, x: torch.Tensor, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Quantised output (B, out) and the signed conductance sample it used (in, out).
+    # -- the forward read --------------------------------------------------------------
+    def forward_currents(self, x: torch.Tensor) -> torch.Tensor:
+        """Digitised output (B, out) of one MVM per input vector (see the module docstring)."""
+        if self.collect is not None:  # calibrating: record inputs, pass the noise-free product on
+            self.collect.append(x.detach())
+            return (x @ self.signed) / self.scale
+        chip = self.chip
+        if self.needs_ranges and self.ranges is None:
+            raise RmloraError(f"{self.name}: converter ranges are not calibrated; deploy with calibration inputs "
+                              f"or call rmlora.hardware.calibrate(model, feed) first")
+        per_vector = chip.range_mode == "per-vector"
+        m = vector_scale(x) if per_vector else None
+        u = x / m.unsqueeze(1) if per_vector else x
+        fs = torch.ones(()) if per_vector or self.ranges is None else self.ranges.dac
+        xq, dclip = dac(u, chip.dac_bits, fs, out=self._scratch("xq", x) if chip.dac_bits else None)
+        if chip.adc_bits is None and not self.noisy:
+            y = (xq @ self.signed) / self.scale
+            self.clipped = [dclip, 0]
+            return y * m.unsqueeze(1) if per_vector else y
+        part, xt = self._tile_products(xq)
+        row_std, full_std, ref_std = self._noise(xt, self._sigma_uniform, self._sigma2, self._ref_uniform,
+                                                 self._ref_sigma2)
+        y, aclip = adc_sum(part, self.out_tile_width, chip.adc_bits,
+                           None if chip.adc_bits is None else self.ranges.adc, gain=self._inverse_scale(),
+                           row_std=row_std, full_std=full_std, ref_std=ref_std,
+                           seed=kernels.draw_seed(getattr(chip, "generator", None)))
+        self.clipped = [dclip, aclip]
+        return y.mul_(m.unsqueeze(1)) if per_vector else y
 
-        ``keep``: the sample is saved for a backward pass, so it gets its own memory;
-        otherwise it, like the DAC codes and the partial currents, lives in a reused
-        scratch buffer (valid until the next call).
-        """
+    def _tile_products(self, xq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise-free partial currents (row tiles, B, out) µS·input and the inputs per tile
+        (row tiles, B, tile rows)."""
+        n_rt, b = self.handle.row_tiles, xq.shape[0]
         c_all = self._signed
-        if self._sigma is not None:  # one fresh read of every cell per call
-            c_all = physics.read(self._signed, self._sigma, getattr(self.chip, "generator", None),
-                                 out=None if keep else self._scratch("c", c_all))
-        c = c_all[:self.in_features]
-        xq = dac(x, self.chip.dac_bits, out=self._scratch("xq", x) if self.chip.dac_bits else None)
-        bits = self.chip.adc_bits
-        n_rt = self.handle.row_tiles
-        if bits is None:
-            return (xq @ c) / self.scale, c
+        pad = c_all.shape[0] - self.in_features
         if n_rt == 1:
-            part = (xq @ c).unsqueeze(0)  # (1, B, out)
-        else:  # (row tiles, B, out) partial currents, one per tile
-            pad = c_all.shape[0] - self.in_features
-            xt = (F.pad(xq, (0, pad)) if pad else xq).view(x.shape[0], n_rt, -1).transpose(0, 1)
-            buf = self._scratch("part", x, (n_rt, x.shape[0], c_all.shape[1]))
-            part = torch.bmm(xt, c_all.view(n_rt, -1, c_all.shape[1]), out=buf)
-        return adc_sum(part, self.out_tile_width, bits, gain=self._inverse_scale()), c
+            return (xq @ self.signed).unsqueeze(0), (F.pad(xq, (0, pad)) if pad else xq).unsqueeze(0)
+        xt = (F.pad(xq, (0, pad)) if pad else xq).view(b, n_rt, -1).transpose(0, 1)
+        buf = self._scratch("part", xq, (n_rt, b, c_all.shape[1]))
+        return torch.bmm(xt, c_all.view(n_rt, -1, c_all.shape[1]), out=buf), xt
+
+    def _noise(self, xt: torch.Tensor, uniform: float | None, sigma2: torch.Tensor | None,
+               ref_uniform: float | None, ref_sigma2: torch.Tensor | None):
+        """σ of one MVM's read noise per tile and vector: (row σ (tiles, B) or per-column σ
+        (tiles, B, cols), reference σ (tiles, B, column tiles) or None)."""
+        n_rt = xt.shape[0]
+        sq = None
+        if uniform is not None or ref_uniform is not None:
+            sq = torch.linalg.vector_norm(xt, dim=2)  # (tiles, B): sqrt(Σ x²)
+        row_std = sq * uniform if uniform is not None else None
+        full_std = None
+        if sigma2 is not None:
+            s2 = sigma2 if sigma2.dim() == 3 else sigma2.view(n_rt, -1, sigma2.shape[1])
+            full_std = torch.bmm(xt * xt, s2).sqrt_()
+        ref_std = None
+        if ref_uniform is not None:
+            ref_std = (sq * ref_uniform).unsqueeze(2).expand(-1, -1, self.handle.col_tiles).contiguous()
+        elif ref_sigma2 is not None:
+            ref_std = torch.bmm(xt * xt, ref_sigma2.view(n_rt, -1, ref_sigma2.shape[1])).sqrt_()
+        return row_std, full_std, ref_std
+
+    # -- the transposed read of the backward pass ---------------------------------------
+    def backward_currents(self, gy: torch.Tensor) -> torch.Tensor:
+        """dL/dx (B, in) from dL/dy (B, out) through the transposed arrays and their converters."""
+        chip = self.chip
+        g = gy * self._inverse_scale().to(gy.dtype)
+        if not self.needs_ranges and not self.noisy:
+            return g @ self.signed.t()
+        m = vector_scale(g)
+        gq, _ = dac(g / m.unsqueeze(1), chip.dac_bits, torch.ones(()))
+        part, gt = self._transposed_products(gq)
+        s2 = None if self._sigma2 is None else self._by_column_tile(self._sigma2)
+        row_std, full_std, _ = self._noise(gt, self._sigma_uniform, s2, None, None)
+        y, _ = adc_sum(part, chip.tile_rows, chip.adc_bits, None if chip.adc_bits is None else self.ranges.adc_t,
+                       row_std=row_std, full_std=full_std, seed=kernels.draw_seed(getattr(chip, "generator", None)))
+        return y[:, :self.in_features].mul_(m.unsqueeze(1))
+
+    def _by_column_tile(self, a: torch.Tensor) -> torch.Tensor:
+        """(tile rows · row tiles, out) → (column tiles, tile width, tile rows · row tiles)."""
+        w, n_ct = self.out_tile_width, self.handle.col_tiles
+        return F.pad(a, (0, n_ct * w - self.out_features)).t().reshape(n_ct, w, a.shape[0]).contiguous()
+
+    def _transposed_products(self, gq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise-free currents of the transposed read (column tiles, B, rows) for inputs ``gq``
+        (B, out) driven into the columns, and those inputs per tile (column tiles, B, width)."""
+        w, n_ct = self.out_tile_width, self.handle.col_tiles
+        gt = F.pad(gq, (0, n_ct * w - self.out_features)).view(gq.shape[0], n_ct, w).transpose(0, 1)
+        return torch.bmm(gt, self._by_column_tile(self._signed)), gt
 
     def _inverse_scale(self) -> torch.Tensor:
         """1 / ``scale`` (weight units per µS), recomputed only when ``scale`` is replaced."""
@@ -136,21 +229,31 @@ class CrossbarCore:
         return buf
 
 
+def _noise_form(s: torch.Tensor, pad: int) -> tuple[float | None, torch.Tensor | None]:
+    """(one σ for every cell, None), (None, σ² padded by ``pad`` rows), or (None, None) without noise."""
+    if not bool((s > 0).any()):
+        return None, None
+    lo, hi = float(s.min()), float(s.max())
+    if hi - lo <= 1e-6 * hi:
+        return hi, None
+    return None, F.pad(s * s, (0, 0, 0, pad)).contiguous()
+
+
 class _AnalogMVM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, core: CrossbarCore, keep: bool):  # noqa: D401
-        y, c = core.forward_currents(x, keep)
+        y = core.forward_currents(x)
         ctx.core = core
-        ctx.save_for_backward(x, c)
+        ctx.save_for_backward(x if keep else x.new_zeros(0))
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, c = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         core = ctx.core
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = (gy / core.scale) @ c.t()
+            gx = core.backward_currents(gy)
         if ctx.needs_input_grad[1]:
             gw = gy.t() @ x
         return gx, gw, None, None
@@ -175,7 +278,7 @@ class AnalogLayer:
         out = super()._apply(fn, recurse)
         core = self.__dict__.get("core")
         if core is not None:
-            for name in ("_signed", "_sigma", "scale"):
+            for name in ("_signed", "_sigma2", "_ref_sigma2", "scale"):
                 t = getattr(core, name)
                 if t is not None:
                     setattr(core, name, fn(t))
@@ -188,10 +291,15 @@ class AnalogLayer:
     def program(self) -> ProgramStats:
         return self.core.program(self.matrix())
 
-    def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x2d: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The counted analogue MVM of input vectors ``x2d`` (B, in) → (B, out)."""
         if self.ledger is not None:
             self._count(x2d)
-        return self.core.mvm(x2d, self.weight)
+        y = self.core.mvm(x2d, self.weight if weight is None else weight)
+        if self.ledger is not None:
+            self.ledger.add("dac_clipped", self.core.clipped[0])
+            self.ledger.add("adc_clipped", self.core.clipped[1])
+        return y
 
     def _count(self, x2d: torch.Tensor) -> None:
         h, led, p = self.core.handle, self.ledger, self.core.p
@@ -253,9 +361,7 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, CKK, L)
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        if self.ledger is not None:
-            self._count(cols.transpose(1, 2).reshape(-1, cols.shape[1]))
-        y = self.core.mvm(cols.transpose(1, 2).reshape(-1, cols.shape[1]), self.weight.flatten(1))
+        y = self._matmul(cols.transpose(1, 2).reshape(-1, cols.shape[1]), self.weight.flatten(1))
         y = y.view(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
@@ -279,9 +385,7 @@ class AnalogConv1d(AnalogLayer, nn.Conv1d):
         cols = F.unfold(x.unsqueeze(2), (1, k), (1, d), (0, pd), (1, s))  # (B, C*k, L)
         lo = cols.shape[-1]
         x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        if self.ledger is not None:
-            self._count(x2d)
-        y = self.core.mvm(x2d, self.weight.flatten(1)).view(b, lo, -1).transpose(1, 2)
+        y = self._matmul(x2d, self.weight.flatten(1)).view(b, lo, -1).transpose(1, 2)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1)
         return y

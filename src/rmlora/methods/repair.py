@@ -48,13 +48,20 @@ def _fresh_copy(model_float: nn.Module, build_model: Callable[[], nn.Module] | N
     return m
 
 
-def _deployed_copy(model_float: nn.Module, chip: Chip,
+def _deployed_copy(model_float: nn.Module, chip: Chip, calibration: torch.Tensor,
                    build_model: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """A copy of ``model_float`` deployed on ``chip``, converters calibrated on ``calibration``."""
     m = _fresh_copy(model_float, build_model).eval()
-    deploy(m, chip)
+    deploy(m, chip, calibrate=_batches(calibration))
     for p in m.parameters():
         p.requires_grad_(False)
     return m
+
+
+def _batches(x: torch.Tensor, n: int = 512, size: int = 256) -> list[torch.Tensor]:
+    """Up to ``n`` evenly spaced rows of ``x`` in batches: the converter calibration inputs."""
+    x = x[torch.linspace(0, len(x) - 1, min(len(x), n)).long()]
+    return [x[i:i + size] for i in range(0, len(x), size)]
 
 
 def repair_experiment(model_float: nn.Module, build_model: Callable[[], nn.Module] | None,
@@ -83,11 +90,11 @@ def repair_experiment(model_float: nn.Module, build_model: Callable[[], nn.Modul
     """
     device = preset if isinstance(preset, DeviceParams) else load_preset(preset)
 
-    ideal = _deployed_copy(model_float, make_chip(ChipConfig(), seed, preset="ideal"), build_model)
+    ideal = _deployed_copy(model_float, make_chip(ChipConfig(), seed, preset="ideal"), train_xy[0], build_model)
     acc_before = _acc(ideal, test_xy)
     del ideal
 
-    noisy = _deployed_copy(model_float, make_chip(ChipConfig(), seed, preset=device), build_model)
+    noisy = _deployed_copy(model_float, make_chip(ChipConfig(), seed, preset=device), train_xy[0], build_model)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # read noise of the analogue layers
     acc_after_noise = _acc(noisy, test_xy)
@@ -131,14 +138,17 @@ def repair_experiment(model_float: nn.Module, build_model: Callable[[], nn.Modul
 
 
 def noise_sweep(model_float: nn.Module, xy_test: XY, levels_uS: list[float], draws: int = 20, seed: int = 0,
-                base_preset: str | DeviceParams = "ideal") -> dict:
+                base_preset: str | DeviceParams = "ideal", calibration: torch.Tensor | None = None) -> dict:
     """Test accuracy against programming noise σ (µS): for each level, ``draws`` chips of
     ``base_preset`` with ``relax_sigma_floor_uS=σ`` (and no verify-dependent spread), 8-bit
     DAC/ADC, each holding a fresh deep copy of ``model_float``.
 
     Returns ``{"levels_uS", "mean", "std", "acc"}`` with ``acc[i][k]`` the accuracy of draw
-    ``k`` at level ``i`` (draw seeds ``seed + k``, the same at every level).
+    ``k`` at level ``i`` (draw seeds ``seed + k``, the same at every level). Converters are
+    calibrated on ``calibration`` inputs (training data; required).
     """
+    if calibration is None:
+        raise ValueError("noise_sweep needs calibration inputs for the converters")
     if draws < 1:
         raise ValueError("noise_sweep needs draws >= 1")
     base = base_preset if isinstance(base_preset, DeviceParams) else load_preset(base_preset)
@@ -152,7 +162,7 @@ def noise_sweep(model_float: nn.Module, xy_test: XY, levels_uS: list[float], dra
             for k in range(draws):
                 chip = make_chip(ChipConfig(dac_bits=8, adc_bits=8), seed + k, preset=dev)
                 m = copy.deepcopy(model_float).eval()
-                deploy(m, chip)
+                deploy(m, chip, calibrate=_batches(calibration))
                 torch.manual_seed(seed + k)  # read noise, if the base preset has any
                 row.append(_acc(m, xy_test))
             acc.append(row)

@@ -7,6 +7,7 @@ Every model choice is made on validation data; test data is only evaluated.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ from torch import nn
 
 from rmlora.adapters import DigitalRows
 from rmlora.costs import Ledger, counting
+from rmlora.hardware.calibration import inherit_ranges
 from rmlora.hardware.layers import AnalogLinear
 from rmlora.methods import METHODS, Batches, fit, make_objective, snapshot
 from rmlora.methods.paths import head_in_features
 from rmlora.metrics import accuracy, forget_mia_auc, mia_efficacy, per_sample_loss
-from rmlora.scenario.workload import ClassState, Columns, Evaluation, Extension, Objective, WorkloadSettings
+from rmlora.scenario.workload import CALIBRATION_EXAMPLES, ClassState, Columns, Evaluation, Extension, Objective, WorkloadSettings
 
 #: logit of a class a path has no live column for (it can never be predicted)
 FLOOR = DigitalRows.FLOOR
@@ -146,6 +148,18 @@ class ClassificationWorkload:
     def deploy_exclude(self, settings: WorkloadSettings) -> tuple[str, ...]:
         return ()
 
+    def calibration(self, data: ClassData, classes: list[int], columns: Columns, settings: WorkloadSettings
+                    ) -> Callable[[nn.Module], Any]:
+        """Converter calibration at deployment: up to CALIBRATION_EXAMPLES training examples of
+        ``classes`` (evenly spaced), un-augmented."""
+        x = data.xy("train", classes, columns)[0]
+        x = x[torch.linspace(0, len(x) - 1, min(len(x), CALIBRATION_EXAMPLES)).long()] if len(x) else x
+
+        def feed(model: nn.Module) -> None:
+            for i in range(0, len(x), 256):
+                model(x[i:i + 256])
+        return feed
+
     def counting(self, model: nn.Module, ledger: Ledger, as_digital: bool = False) -> AbstractContextManager:
         return counting(model, ledger, as_digital=as_digital)
 
@@ -218,6 +232,10 @@ class ClassificationWorkload:
         if path == "full":
             rows.rows = AnalogLinear.from_float(rows.rows, chip, f"head.rows.{label}")
             rows.rows.program()
+            base = head
+            while not isinstance(base, AnalogLinear):  # the deployed head under earlier rows
+                base = base.base
+            inherit_ranges(rows.rows.core, base.core)  # the same input vectors as the head
             digital_bits = 0
         model.head = rows
         first = len(columns)  # the new rows' first column

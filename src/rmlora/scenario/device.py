@@ -43,7 +43,7 @@ from rmlora.scenario.runner import (Plan, _Lane, _SeedRun, ledger_append, load_w
 from rmlora.scenario.workload import ClassState
 
 #: layout version of a device folder
-DEVICE_SCHEMA = 1
+DEVICE_SCHEMA = 2
 GENERATOR_KEY = "__read_noise_generator__"
 
 
@@ -92,7 +92,8 @@ class Device:
             pre = w.pretrain(model, run.data, plan.states[0].kept, cols, st, run.streams.seed("train:pretrain"),
                              run.progress, "pretrain (float)")
         chip = run.chip("chip:main")
-        rep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile)
+        rep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile,
+                     calibrate=w.calibration(run.data, plan.states[0].kept, cols, st))
         lane = _Lane(AdapterPath(model, chip, plan.profile, plan.adapter), list(cols), run.ledger(), run.ledger())
         return lane, (rep, pre)
 

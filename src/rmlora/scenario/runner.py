@@ -378,7 +378,8 @@ class _SeedRun:
             self.w.pretrain(model, self.data, state.kept, columns, self.st, self.streams.seed(f"train:retrain:{n}"),
                             self.progress, f"retrain on {len(state.kept)} kept classes (reference)")
             self.ref_float[key] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            deploy(model, self.chip(f"chip:retrain:{n}"), exclude=self.w.deploy_exclude(self.st), profile=self.plan.profile)
+            deploy(model, self.chip(f"chip:retrain:{n}"), exclude=self.w.deploy_exclude(self.st), profile=self.plan.profile,
+                   calibrate=self.w.calibration(self.data, state.kept, columns, self.st))
             self.refs[key] = (model, columns)
         self.ref_key = key
         return self.refs[key]
@@ -411,7 +412,8 @@ class _SeedRun:
         pre = {**{k: v for k, v in pre.items() if isinstance(v, (int, float, str))},
                "float_metrics": pre_eval.metrics}
         chip = self.chip("chip:main")
-        dep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile)
+        dep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile,
+                     calibrate=w.calibration(self.data, state.kept, cols, st))
         field_chip = copy.deepcopy(chip)
         full_model = copy.deepcopy(model)
         full_chip = next(m.core.chip for _, m in analog_layers(full_model))

@@ -28,6 +28,9 @@ from rmlora.config import AdapterConfig, ConfigBase, TrainConfig
 from rmlora.costs.ledger import Ledger
 from rmlora.errors import RmloraError
 
+#: training examples the converters are calibrated on at deployment (see rmlora.hardware.calibrate)
+CALIBRATION_EXAMPLES = 512
+
 Columns = list  # list[int | None]: dataset label of each output column
 
 
@@ -133,6 +136,8 @@ class Workload(Protocol):
     def initial_columns(self, state: ClassState, order: list[int]) -> Columns: ...
     def build_model(self, n_columns: int, settings: WorkloadSettings) -> nn.Module: ...
     def deploy_exclude(self, settings: WorkloadSettings) -> tuple[str, ...]: ...
+    def calibration(self, data: Any, classes: list[int], columns: Columns, settings: WorkloadSettings
+                    ) -> Callable[[nn.Module], Any]: ...
     def pretrain(self, model: nn.Module, data: Any, classes: list[int], columns: Columns,
                  settings: WorkloadSettings, seed: int, progress: bool, desc: str) -> dict[str, Any]: ...
     def objective(self, kind: str, model: nn.Module, data: Any, *, forget: list[int], new: list[int],

@@ -170,7 +170,7 @@ class SpeakerWorkload(ClassificationWorkload):
         learn, data = ctx.state.initial, ctx.data
         test, val, train = (data.xy(s, learn, learn) for s in ("test", "val", "train"))
         build = ctx.build_float
-        sweep = noise_sweep(build(), test, st.sweep_levels, st.sweep_draws, seed=ctx.seed)
+        sweep = noise_sweep(build(), test, st.sweep_levels, st.sweep_draws, seed=ctx.seed, calibration=train[0])
         plot_sweep(sweep, ctx.out / "noise_sweep.png",
                    f"accuracy vs programming noise ({sweep['draws']} chips per level)")
         a = ctx.adapter

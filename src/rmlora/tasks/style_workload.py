@@ -21,7 +21,7 @@ Fréchet distances and the classifier's reported test accuracy.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from rmlora.costs import Ledger, counting
 from rmlora.data import styles as style_data
 from rmlora.errors import RmloraError
 from rmlora.metrics.generation import fd_per_class, sample_grid, style_rates, train_style_classifier
-from rmlora.scenario.workload import ClassState, Columns, Evaluation, Extension, Objective
+from rmlora.scenario.workload import CALIBRATION_EXAMPLES, ClassState, Columns, Evaluation, Extension, Objective
 from rmlora.tasks.style import (CONFIGS, StyleDiffusion, StyleSettings, attach_rows, build_dit, fold_rows,
                                 label_tables, noise_images, style_settings)
 
@@ -303,6 +303,20 @@ class StyleWorkload:
 
     def deploy_exclude(self, settings: StyleSettings) -> tuple[str, ...]:
         return tuple(settings.digital_layers)
+
+    def calibration(self, data: StyleData, classes: list[int], columns: Columns, settings: StyleSettings
+                    ) -> Callable[[nn.Module], Any]:
+        """Converter calibration at deployment: the denoiser's inputs in training (noisy
+        training images at random time steps, class labels) for up to CALIBRATION_EXAMPLES images."""
+        x, y = data.xy("train", classes)
+        keep = torch.linspace(0, len(x) - 1, min(len(x), CALIBRATION_EXAMPLES)).long() if len(x) else y[:0]
+        x, y = x[keep], y[keep]
+
+        def feed(model: nn.Module) -> None:
+            gen = torch.Generator().manual_seed(0)
+            for i in range(0, len(x), 64):
+                data.diff.loss(model, x[i:i + 64], y[i:i + 64], gen)
+        return feed
 
     def counting(self, model: nn.Module, ledger: Ledger, as_digital: bool = False) -> AbstractContextManager:
         return counted(model, ledger, as_digital)
