@@ -2,14 +2,20 @@
 
 From one run it measures
 
-(a) the hybrid ``AnalogLinear`` (1024 x 1024, batch 256, 8-bit DAC/ADC,
-    rram-180nm read noise on, 128 x 128 tiles) against a plain ``nn.Linear``
-    of the same shape: the forward time and the forward+backward time as
-    ratios. Like for like in the backward: both layers get an input that
-    requires grad and a weight that requires grad (the analogue layer's
-    frozen weight is switched to trainable so dL/dW is computed too);
-    Each stage of the analogue forward (read noise, DAC, tile products, ADCs)
-    is also timed alone, with warm caches;
+(a) the hybrid ``AnalogLinear`` (1024 x 1024, batch 256, 8-bit DAC/ADC with
+    ranges calibrated and frozen, rram-180nm read noise drawn afresh for every
+    input vector, 128 x 128 tiles) against a plain ``nn.Linear`` of the same
+    shape: the forward time and the forward+backward time as ratios. Like for
+    like in the backward: both layers get an input that requires grad and a
+    weight that requires grad (the analogue layer's frozen weight is switched
+    to trainable so dL/dW is computed too); the analogue backward is a
+    transposed read with its own converters and noise. Each stage of the
+    analogue forward (DAC, tile products, noise σ, ADC with the noise draws)
+    is also timed alone, with warm caches. For comparison, two variants'
+    forward ratios: read noise that depends on G (σ = 0.1 µS + 0.4%·G, one
+    extra product x²·σ²), and the old per-call noise (one read of every cell
+    per call, shared by the batch; no longer a mode of the library, timed
+    from its stages so the cost of per-vector noise is visible);
 (b) write-verify throughput of ``rmlora.device.physics.program`` in cells per
     second on ``--cells`` fresh cells with random targets in the window.
 
@@ -35,8 +41,9 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from rmlora.device import load_preset, physics
-from rmlora.hardware import AnalogLinear, SimulatedChip
+from rmlora.hardware import AnalogLinear, SimulatedChip, calibrate
 from rmlora.hardware.converters import adc_sum, dac
+from rmlora.runinfo import cpu_info
 
 IN = OUT = 1024
 BATCH = 256
@@ -74,18 +81,42 @@ def paired_times(baseline, candidate, min_run_time: float, rounds: int = 15) -> 
     return statistics.median(tb), statistics.median(tc), statistics.median(ratios)
 
 
-def layers(seed: int) -> tuple[nn.Linear, AnalogLinear, float]:
+def layers(seed: int, preset=PRESET) -> tuple[nn.Linear, AnalogLinear, float]:
     torch.manual_seed(seed)
     plain = nn.Linear(IN, OUT)
     source = nn.Linear(IN, OUT)
     with torch.no_grad():
         source.weight.copy_(plain.weight)
         source.bias.copy_(plain.bias)
-    chip = SimulatedChip(PRESET, tile=TILE, dac_bits=BITS, adc_bits=BITS, read_noise=True, seed=seed)
+    chip = SimulatedChip(preset, tile=TILE, dac_bits=BITS, adc_bits=BITS, read_noise=True, seed=seed)
     analog = AnalogLinear.from_float(source, chip, "bench")
     t0 = time.perf_counter()
     analog.program()
+    calibrate(analog, torch.randn(1024, IN, generator=torch.Generator().manual_seed(seed + 2)))
     return plain, analog, time.perf_counter() - t0
+
+
+def forward(layer, x):
+    def run():
+        with torch.no_grad():
+            layer(x)
+    return run
+
+
+def per_call_forward(analog: AnalogLinear, x: torch.Tensor):
+    """The old forward, from today's stages: one read of every cell per call (shared by the
+    batch), DAC, tile products, ADC without per-vector draws."""
+    core, chip = analog.core, analog.core.chip
+    sigma = torch.full_like(core._signed, core._sigma_uniform or 0.3)
+    n_rt = core.handle.row_tiles
+
+    def run():
+        with torch.no_grad():
+            c = physics.read(core._signed, sigma)
+            xq, _ = dac(x, chip.dac_bits, core.ranges.dac)
+            part = torch.bmm(xq.view(x.shape[0], n_rt, -1).transpose(0, 1), c.view(n_rt, -1, c.shape[1]))
+            adc_sum(part, core.out_tile_width, chip.adc_bits, core.ranges.adc, core._inverse_scale())
+    return run
 
 
 def bench_layers(min_run_time: float, seed: int) -> dict:
@@ -93,12 +124,8 @@ def bench_layers(min_run_time: float, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(BATCH, IN, generator=gen)
     gy = torch.randn(BATCH, OUT, generator=gen)
-
-    def forward(layer):
-        def run():
-            with torch.no_grad():
-                layer(x)
-        return run
+    _, analog_g, _ = layers(seed, load_preset(PRESET).replace(read_noise_abs_uS=0.1, read_noise_rel=0.004))
+    assert analog_g.core._sigma2 is not None and analog.core._sigma_uniform is not None
 
     # like for like: input and weight (and bias) require grad in both layers
     analog.weight.requires_grad_(True)
@@ -117,11 +144,15 @@ def bench_layers(min_run_time: float, seed: int) -> dict:
 
     assert analog.weight.requires_grad and analog.bias.requires_grad
     t = stages(analog, x, min_run_time)
-    lf, af, fr = paired_times(forward(plain), forward(analog), min_run_time)
+    lf, af, fr = paired_times(forward(plain, x), forward(analog, x), min_run_time)
+    _, gf, gr = paired_times(forward(plain, x), forward(analog_g, x), min_run_time)
+    _, cf, cr = paired_times(forward(plain, x), per_call_forward(analog, x), min_run_time)
     lt, at, tr = paired_times(train_step(plain), train_step(analog), min_run_time)
     t.update({"linear_forward_s": lf, "analog_forward_s": af, "forward_ratio": fr,
+              "g_dependent_noise_forward_s": gf, "g_dependent_noise_forward_ratio": gr,
+              "per_call_noise_forward_s": cf, "per_call_noise_forward_ratio": cr,
               "linear_train_step_s": lt, "analog_train_step_s": at, "train_step_ratio": tr,
-              "analog_layer_program_s": program_s})
+              "analog_layer_program_and_calibrate_s": program_s})
     assert analog.weight.grad is not None and xg.grad is not None
     return t
 
@@ -129,18 +160,22 @@ def bench_layers(min_run_time: float, seed: int) -> dict:
 def stages(analog: AnalogLinear, x: torch.Tensor, min_run_time: float) -> dict:
     """Median time of each stage of the analogue forward, each timed alone (warm caches)."""
     core, chip = analog.core, analog.core.chip
+    fs = core.ranges.dac
     with torch.no_grad():
-        c_all = physics.read(core._signed, core._sigma)
-        xq = dac(x, chip.dac_bits)
-        xt = xq.view(x.shape[0], core.handle.row_tiles, -1).transpose(0, 1)
-        w = c_all.view(core.handle.row_tiles, -1, c_all.shape[1])
-        part = torch.bmm(xt, w)
+        xq, _ = dac(x, chip.dac_bits, fs)
+        part, xt = core._tile_products(xq)
+        noise = (core._sigma_uniform, core._sigma2, core._ref_uniform, core._ref_sigma2)
+        row, full, ref = core._noise(xt, *noise)
+
+        def adc(**kw):
+            return lambda: adc_sum(part, core.out_tile_width, chip.adc_bits, core.ranges.adc, core._inverse_scale(),
+                                   **kw)
         return {
-            "stage_read_noise_s": median_time(lambda: physics.read(core._signed, core._sigma), min_run_time),
-            "stage_dac_s": median_time(lambda: dac(x, chip.dac_bits), min_run_time),
-            "stage_tile_products_s": median_time(lambda: torch.bmm(xt, w), min_run_time),
-            "stage_adc_sum_s": median_time(lambda: adc_sum(part, core.out_tile_width, chip.adc_bits,
-                                                           1 / core.scale), min_run_time),
+            "stage_dac_s": median_time(lambda: dac(x, chip.dac_bits, fs), min_run_time),
+            "stage_tile_products_s": median_time(lambda: core._tile_products(xq), min_run_time),
+            "stage_noise_sigma_s": median_time(lambda: core._noise(xt, *noise), min_run_time),
+            "stage_adc_with_draws_s": median_time(adc(row_std=row, full_std=full, ref_std=ref, seed=1), min_run_time),
+            "stage_adc_alone_s": median_time(adc(), min_run_time),
         }
 
 
@@ -184,25 +219,31 @@ def main() -> None:
         "program_cells_per_s": t["program_cells"] / t["program_s"],
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_info()["model"],
+            "isa": cpu_info()["isa"],
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
         "config": {"shape": [OUT, IN], "batch": BATCH, "dac_bits": BITS, "adc_bits": BITS, "tile": list(TILE),
-                   "preset": PRESET, "read_noise": True},
+                   "preset": PRESET, "read_noise": "per input vector", "range_mode": "calibrated"},
         "times": t,
     }
     if args.json:
         print(json.dumps(out))
         return
     m = out["machine"]
-    print(f"machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} with {m['torch_threads']} threads")
-    print(f"AnalogLinear {OUT}x{IN}, batch {BATCH}, {BITS}-bit DAC/ADC, {PRESET} read noise, "
-          f"{TILE[0]}x{TILE[1]} tiles vs nn.Linear:")
+    print(f"machine: {m['cpu']} ({' '.join(m['isa'])}), {m['cpu_count']} CPUs, torch {m['torch']} with "
+          f"{m['torch_threads']} threads")
+    print(f"AnalogLinear {OUT}x{IN}, batch {BATCH}, {BITS}-bit DAC/ADC (calibrated ranges), {PRESET} read noise "
+          f"per input vector, {TILE[0]}x{TILE[1]} tiles vs nn.Linear:")
     print(f"  forward        {t['analog_forward_s'] * 1e3:9.3f} ms vs {t['linear_forward_s'] * 1e3:8.3f} ms"
           f"  ratio {out['forward_ratio']:.2f}")
+    print(f"  forward, σ depending on G     {t['g_dependent_noise_forward_s'] * 1e3:9.3f} ms"
+          f"  ratio {t['g_dependent_noise_forward_ratio']:.2f}")
+    print(f"  forward, old per-call noise   {t['per_call_noise_forward_s'] * 1e3:9.3f} ms"
+          f"  ratio {t['per_call_noise_forward_ratio']:.2f}")
     print(f"  forward+back   {t['analog_train_step_s'] * 1e3:9.3f} ms vs {t['linear_train_step_s'] * 1e3:8.3f} ms"
           f"  ratio {out['train_step_ratio']:.2f}")
     print("  stages alone: " + ", ".join(f"{k[6:-2].replace('_', ' ')} {t[k] * 1e3:.2f} ms"

@@ -322,3 +322,42 @@ def test_relax_drift_leaves_stuck_cells_and_short_times_alone():
     assert torch.equal(moved[:2], g[:2])
     assert not torch.equal(moved[2:], g[2:])
     assert torch.equal(physics.relax_drift(g, stuck, p.drift_t0_s, p), g)
+
+
+# ---------------------------------------------------------------------------
+# device statistics that match their source
+# ---------------------------------------------------------------------------
+
+def test_wan2022_write_verify_reproduces_the_published_sigma_curve():
+    """The whole simulation (write-verify loop, verify-read noise, relaxation) gives, right after
+    programming, the σ(g) of aihwkit's ReRamWan2022NoiseModel within 20% at every level of 1-40 µS."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("calibrate_device", Path(__file__).parents[1] / "benchmarks" /
+                                                  "calibrate_device.py")
+    cal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cal)
+    c = cal.sigma_curve("wan2022", 4000, seed=1, n_levels=10)
+    ratios = [r for r in c["ratio_to_wan2022"] if r is not None]
+    assert len(ratios) == 10
+    assert all(0.8 <= r <= 1.2 for r in ratios), list(zip(c["levels_uS"], ratios))
+    assert c["max_pulses"] <= 30  # NeuRRAM's cap
+    # the curve is not flat: the spread at 12 µS is more than twice the spread at 1 µS
+    assert c["sigma_uS"][3] > 2 * c["sigma_uS"][0]
+
+
+def test_a_preset_whose_sigma_curve_goes_non_positive_is_refused():
+    p = load_preset("wan2022")
+    with pytest.raises(RmloraError, match="not positive"):
+        p.replace(relax_poly_c0_uS=-0.5)  # σ(1 µS) < 0
+    assert p.replace(relax_poly_c0_uS=0.5).relax_poly_c0_uS == 0.5
+
+
+def test_preset_constants_equal_their_cited_values():
+    p = load_preset("rram-180nm")
+    assert p.relax_sigma_floor_uS == pytest.approx(0.412)  # aihwkit ReRamCMONoiseModel: 0.41183342
+    assert p.read_noise_abs_uS == pytest.approx(0.01 * (p.g_max_uS - p.reference_uS))  # 1% of |w|max
+    w = load_preset("wan2022")
+    assert w.relax_poly == pytest.approx((0.348, 16.030, -43.853, 45.393, -16.815))
+    assert w.read_noise_abs_uS == pytest.approx(0.01 * w.g_max_uS / 2 ** 0.5, rel=1e-3)

@@ -33,11 +33,13 @@ def preset_path(folder: Path, name_or_path: str, what: str) -> Path:
 
 
 def load_constants(path: Path, required: dict[str, type], what: str,
-                   may_be_null: frozenset[str] = frozenset()) -> tuple[dict[str, Any], dict]:
+                   may_be_null: frozenset[str] = frozenset(), signed: frozenset[str] = frozenset()
+                   ) -> tuple[dict[str, Any], dict]:
     """Read ``path`` and return ({name: value}, raw document).
 
     ``required`` maps each constant name to ``float``, ``int``, ``str`` or
-    ``bool``. Numbers must be finite and non-negative; names in
+    ``bool``. Numbers must be finite and non-negative (names in ``signed``,
+    such as polynomial coefficients, may be negative); names in
     ``may_be_null`` may be ``null`` (feature switched off).
     """
     try:
@@ -63,7 +65,7 @@ def load_constants(path: Path, required: dict[str, type], what: str,
         if typ in (float, int):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RmloraError(f"{what} {path}: constant {key!r} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
+            if not math.isfinite(value) or (value < 0 and key not in signed):
                 raise RmloraError(f"{what} {path}: constant {key!r} must be finite and >= 0, got {value!r}")
             values[key] = typ(value)
         elif typ is bool:

@@ -171,7 +171,7 @@ WV_BLOCK = 128  # cells stepped together, one verify-and-pulse iteration at a ti
 def _program_kernel(g0, target, d2d, stuck, seed, exact, tol, max_pulses, passes_req,
                     v_set0, v_reset0, v_step, v_set_max, v_reset_max, v_set_th, v_reset_th,
                     set_gain, reset_gain, c2c, rn_abs, rn_rel, floor, ceil, relax_floor, relax_iter,
-                    out_g, out_sp, out_rp, out_vr, out_cv):
+                    poly, poly_g, out_g, out_sp, out_rp, out_vr, out_cv):
     n = target.shape[0]
     f32 = np.float32
     tol, v_set0, v_reset0, v_step = f32(tol), f32(v_set0), f32(v_reset0), f32(v_step)
@@ -240,7 +240,9 @@ def _program_kernel(g0, target, d2d, stuck, seed, exact, tol, max_pulses, passes
             gc = g[c]
             if free[c] > 0:  # relaxation right after programming: spread shrinking with verify reads
                 x, _ = _normal_pair(keys[c], iters)
-                gc += (relax_floor + relax_iter / math.sqrt(max(vr[c], f32(1.0)))) * x
+                u = t[c] / poly_g
+                spread = poly[0] + u * (poly[1] + u * (poly[2] + u * (poly[3] + u * poly[4])))
+                gc += (relax_floor + relax_iter / math.sqrt(max(vr[c], f32(1.0))) + spread) * x
             out_g[lo + c] = min(max(gc, floor), ceil)
             out_sp[lo + c], out_rp[lo + c], out_vr[lo + c] = sp[c], rp[c], vr[c]
             out_cv[lo + c] = conv[c] > 0
@@ -262,5 +264,6 @@ def program_cells(g0: np.ndarray, target: np.ndarray, d2d: np.ndarray, stuck: np
                         p.passes_required, p.v_set_start_V, p.v_reset_start_V, p.v_step_V, p.v_set_max_V,
                         p.v_reset_max_V, p.v_set_threshold_V, p.v_reset_threshold_V, p.set_gain_uS_per_V,
                         p.reset_gain_uS_per_V, p.c2c_sigma, p.read_noise_abs_uS, p.read_noise_rel, p.g_floor_uS,
-                        p.g_ceil_uS, p.relax_sigma_floor_uS, p.relax_sigma_iter_uS, g, sp, rp, vr, cv)
+                        p.g_ceil_uS, p.relax_sigma_floor_uS, p.relax_sigma_iter_uS,
+                        np.array(p.relax_poly, np.float32), np.float32(p.relax_poly_g_uS), g, sp, rp, vr, cv)
     return g, sp, rp, vr, cv

@@ -39,7 +39,9 @@ class DeviceParams:
         after ``passes_required`` consecutive reads within ``tolerance_uS``
         and fails after ``max_pulses`` pulses.
     After programming
-        relaxation spread σ = relax_sigma_floor + relax_sigma_iter/√reads;
+        relaxation spread σ = relax_sigma_floor + relax_sigma_iter/√reads
+        + Σₖ relax_poly_cₖ·(target/relax_poly_g)ᵏ (k = 0..4: a conductance-dependent
+        spread, e.g. aihwkit's fit of NeuRRAM's);
         read noise σ = read_noise_abs + read_noise_rel·G at every read;
         drift mean and spread per ln(t/t0); stuck-at-low/high fractions.
     """
@@ -72,6 +74,12 @@ class DeviceParams:
     read_noise_rel: float
     relax_sigma_floor_uS: float
     relax_sigma_iter_uS: float
+    relax_poly_c0_uS: float
+    relax_poly_c1_uS: float
+    relax_poly_c2_uS: float
+    relax_poly_c3_uS: float
+    relax_poly_c4_uS: float
+    relax_poly_g_uS: float
     drift_mean_uS_per_ln_t: float
     drift_sigma_uS_per_ln_t: float
     drift_t0_s: float
@@ -90,9 +98,22 @@ class DeviceParams:
         return 0.5 * (self.g_min_uS + self.g_max_uS)
 
     @property
+    def relax_poly(self) -> tuple[float, float, float, float, float]:
+        """Coefficients c0..c4 (µS) of the conductance-dependent relaxation spread."""
+        return (self.relax_poly_c0_uS, self.relax_poly_c1_uS, self.relax_poly_c2_uS, self.relax_poly_c3_uS,
+                self.relax_poly_c4_uS)
+
+    def relax_sigma(self, target_uS: Any, reads: Any = 1) -> Any:
+        """Relaxation spread σ (µS) right after programming to ``target_uS`` with ``reads`` verify reads."""
+        u = target_uS / self.relax_poly_g_uS
+        poly = sum(c * u ** k for k, c in enumerate(self.relax_poly))
+        return self.relax_sigma_floor_uS + self.relax_sigma_iter_uS / (reads ** 0.5) + poly
+
+    @property
     def noiseless(self) -> bool:
         return (self.read_noise_abs_uS == 0 and self.read_noise_rel == 0
-                and self.relax_sigma_floor_uS == 0 and self.relax_sigma_iter_uS == 0)
+                and self.relax_sigma_floor_uS == 0 and self.relax_sigma_iter_uS == 0
+                and not any(self.relax_poly))
 
     def replace(self, **changes: Any) -> "DeviceParams":
         """A copy with some constants changed (validated like a file)."""
@@ -137,14 +158,21 @@ def _validated(p: DeviceParams, where: str) -> DeviceParams:
                           f"programming kernel's range), got {p.c2c_sigma}")
     if p.stuck_low_fraction + p.stuck_high_fraction > 1:
         raise RmloraError(f"{where}: stuck-at fractions add up to more than 1")
+    if p.relax_poly_g_uS <= 0:
+        raise RmloraError(f"{where}: relax_poly_g_uS must be > 0")
+    if any(p.relax_poly):  # the spread must stay positive over the whole window
+        g = [p.g_min_uS + (p.g_max_uS - p.g_min_uS) * i / 400 for i in range(401)]
+        low = min(g, key=lambda v: p.relax_sigma(v, 10 ** 9))
+        if p.relax_sigma(low, 10 ** 9) <= 0:
+            raise RmloraError(f"{where}: the relaxation spread σ(g) is not positive at g = {low:.2f} uS")
     return p
 
 
 def load_preset(name_or_path: str) -> DeviceParams:
     """Load a built-in preset (``rram-180nm``, ``ideal``, ...) or a JSON file."""
     path = preset_path(PRESET_DIR, name_or_path, "device preset")
-    values, doc = load_constants(path, _TYPES, "device preset",
-                                 may_be_null=frozenset({"g_ref_uS", "levels"}))
+    values, doc = load_constants(path, _TYPES, "device preset", may_be_null=frozenset({"g_ref_uS", "levels"}),
+                                 signed=frozenset(f"relax_poly_c{k}_uS" for k in range(5)))
     return _validated(DeviceParams(name=doc.get("name", path.stem), **values), f"device preset {path}")
 
 
