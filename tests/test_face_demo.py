@@ -90,6 +90,19 @@ def test_run_folder_files(att_run):
     assert "| adapter path (LoRA) |" in res.output and "report.md" in res.output
     report = (out / "report.md").read_text()
     assert "accuracy_requests.png" in report and "147.76" in report
+    # retention: every time point on every chip, the repair from 1 h on; the per-layer table
+    s = _result(out).per_seed[0]
+    ret = s.retention
+    assert list(ret["plain"]) == ["1 s", "1 h", "1 day", "1 week", "1 month", "1 year"]
+    assert all(len(v) == ret["chips"] == 3 and all(0 <= a <= 1 for a in v) for v in ret["plain"].values())
+    assert list(ret["repaired"]) == ["1 h", "1 day", "1 week", "1 month", "1 year"]
+    assert "## Retention" in report and (out / "retention.png").is_file()
+    layers = s.deployment["layers"]
+    assert [r["layer"] for r in layers][:2] == ["embed", "head"]
+    assert all(r["tiles"] >= 1 and r["inference_energy_J"] > 0 and 0 <= r["adc_clipped_fraction"] < 0.2
+               for r in layers)
+    assert sum(r["cells"] for r in layers) == s.deployment["cells"]
+    assert "| layer | tiles | cells |" in report
 
 
 def test_existing_run_is_not_overwritten(att_run):

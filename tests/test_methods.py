@@ -76,3 +76,27 @@ def test_fit_restores_the_best_validation_state_and_counts_sram_writes():
     assert hist["best_step"] == 2
     assert torch.equal(p.detach(), seen[1])  # the state scored 0.9 is back
     assert led.counts["sram_write_bits"] == 4 * 3 * 8  # 4 steps x 3 parameters x 8 bits
+
+
+def test_hardware_aware_noise_injection_is_fresh_per_call_scaled_and_removed():
+    from rmlora.methods.hwa import noise_injection, weight_sigma_uS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Conv1d(1, 2, 3))
+    lin = model[0]
+    x = torch.randn(4, 32)
+    clean = lin(x).detach()
+    sigma = weight_sigma_uS("rram-180nm")
+    assert 0.8 < sigma < 2.0  # sqrt(2 (0.8² + 0.3²)) µS
+    with noise_injection(model, "rram-180nm", torch.Generator().manual_seed(1)) as rel:
+        a, b = lin(x), lin(x)
+        assert rel == pytest.approx(sigma / 30.0)
+        assert not torch.allclose(a, b) and not torch.allclose(a, clean)
+        dev = (a - clean).std() / clean.std()
+        assert 0.005 < float(dev) < 0.2
+        a.sum().backward()
+        assert lin.weight.grad is not None  # the noise is additive: the gradient reaches W
+        model[2](torch.randn(2, 1, 8))
+    assert torch.equal(lin(x), clean)  # the layers compute as before once the block ends
+    with noise_injection(model, "ideal") as rel:
+        assert rel == 0 and torch.equal(lin(x), clean)

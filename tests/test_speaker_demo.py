@@ -59,6 +59,8 @@ def test_repair_and_noise_sweep(run):
     assert st["acc_after_repair"] > st["acc_after_noise"]
     sw = r["sweep"]
     assert len(sw["levels_uS"]) == len(sw["mean"]) >= 3 and sw["mean"][0] >= sw["mean"][-1]
+    hw = r["sweep_hardware_aware"]  # the same sweep of a model pretrained with the preset's weight noise
+    assert hw["levels_uS"] == sw["levels_uS"] and hw["mean"] != sw["mean"] and r["hardware_aware_run"] is False
     assert (out / "noise_sweep.png").is_file()
     assert "Repair of write error" in (out / "report.md").read_text()
     assert len(records.verify(out / "deletion_ledger.jsonl")) == 1

@@ -98,6 +98,7 @@ def test_run_folder_files(quick_run):
         assert (w / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "147.76x" in report and "387.95x" in report and "48.44x" in report
+    assert "## Retention" in report and r.per_seed[0].retention["metric"] == "val_denoising_loss"
     assert all(name in report for name in grids.values())
     assert "| training cost |" in costs_table(r) and "forget_style_rate" in metrics_table(r)
 

@@ -48,12 +48,17 @@ def builtin_mlp(seed: int) -> nn.Module:
 @click.option("--tile", default=128, show_default=True, help="tile rows = columns")
 @click.option("--dac-bits", default=8, show_default=True)
 @click.option("--adc-bits", default=8, show_default=True)
+@click.option("--range-mode", type=click.Choice(["calibrated", "per-vector"]), default="calibrated",
+              show_default=True, help="how converter full scales are set")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: int, seed: int, as_json: bool) -> None:
-    """Deploy a built-in 3-layer MLP and report programming and fidelity."""
+def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: int, range_mode: str, seed: int,
+                 as_json: bool) -> None:
+    """Deploy a built-in 3-layer MLP, calibrate its converters on 512 random inputs, and report
+    programming and fidelity per layer on 256 others."""
     from rmlora.config import ChipConfig
     from rmlora.hardware import deploy, make_chip
+    from rmlora.hardware.deploy import layer_inference, layer_table
     from rmlora.runinfo import seed_everything
 
     if tile < 2:
@@ -61,9 +66,11 @@ def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: 
     gen = seed_everything(seed)
     ref = builtin_mlp(seed)
     model = copy.deepcopy(ref)
-    chip = make_chip(ChipConfig(preset=preset, profile=profile, tile=tile, dac_bits=dac_bits, adc_bits=adc_bits), seed)
+    chip = make_chip(ChipConfig(preset=preset, profile=profile, tile=tile, dac_bits=dac_bits, adc_bits=adc_bits,
+                                range_mode=range_mode), seed)
     report = deploy(model, chip, profile=profile, calibrate=torch.randn(512, 64, generator=gen))
     x = torch.randn(256, 64, generator=gen)
+    report.inference = layer_inference(model, x, len(x), profile, adc_bits or 8)
     with torch.no_grad():
         y_ref, y = ref(x), model(x)
     out = report.summary()
@@ -85,6 +92,8 @@ def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: 
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"  {k:<{width}}  {v}")
+    click.echo("per layer (inference per input vector of the 256 test inputs):")
+    click.echo(layer_table(out["layers"]))
 
 
 def _idents(value: str | None) -> list[str] | None:
@@ -127,12 +136,17 @@ def scenario_options(f):
         click.option("--dac-bits", type=int, default=8, show_default=True),
         click.option("--adc-bits", type=int, default=8, show_default=True),
         click.option("--no-read-noise", is_flag=True, help="switch the per-read noise of the cells off"),
+        click.option("--range-mode", type=click.Choice(["calibrated", "per-vector"]), default="calibrated",
+                     show_default=True, help="converter full scales: calibrated at deployment and frozen, or "
+                                             "each input vector scaled by its own max |x| (ADC ranges frozen)"),
         click.option("--rank", type=int, default=None, help="adapter rank (default: the workload's)"),
         click.option("--alpha", type=float, default=None, help="adapter alpha (default: the workload's)"),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--seeds", type=int, default=None, help="number of seeds to average (default: the workload's)"),
         click.option("--pretrained", type=click.Path(), default=None,
                      help="pretrained.safetensors of an earlier run"),
+        click.option("--hardware-aware", is_flag=True,
+                     help="pretrain with weight noise drawn from the preset's programming and read noise"),
         click.option("--threads", type=int, default=1, show_default=True,
                      help="torch CPU threads, capped to the free cores (the workloads' small matrices run "
                           "fastest on one)"),
@@ -163,6 +177,8 @@ def scenario_config(ctx: click.Context, p: dict):
             top[name] = p[name]
     if p["download"]:
         top["download"] = True
+    if p["hardware_aware"]:
+        top["hardware_aware"] = True
     if p["no_progress"]:
         top["progress"] = False
     if p["requests"] is not None:
@@ -170,7 +186,8 @@ def scenario_config(ctx: click.Context, p: dict):
     for name, value in (("learn", p["learn"]), ("forget", p["forget"]), ("add", p["add_"])):
         if value is not None:
             top[name] = _idents(value)
-    chip = {k: p[k] for k in ("preset", "profile", "tile", "dac_bits", "adc_bits") if _set(ctx, k) or not cfile}
+    chip = {k: p[k] for k in ("preset", "profile", "tile", "dac_bits", "adc_bits", "range_mode")
+            if _set(ctx, k) or not cfile}
     if p["no_read_noise"]:
         chip["read_noise"] = False
     if "requests" in top or any(k in top for k in ("learn", "forget", "add")):

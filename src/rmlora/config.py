@@ -369,6 +369,9 @@ class ScenarioConfig(ConfigBase):
     seed: int = _help("first seed; seeds seed, seed+1, ... are run", 0)
     seeds: int | None = _help("number of seeds; None: the workload's default", None)
     pretrained: str | None = _help("float weights (pretrained.safetensors of an earlier run) to start from", None)
+    hardware_aware: bool = _help("hardware-aware pretraining: float pretraining (and the retrained reference) with "
+                                 "weight noise drawn from the chip preset's programming and read noise "
+                                 "(rmlora.methods.hwa)", False)
     threads: int = _help("torch CPU threads (capped to the free cores)", 1)
     progress: bool = _help("progress bars", True)
     chip: ChipConfig = _help("the chip", default_factory=ChipConfig)

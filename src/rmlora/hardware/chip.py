@@ -62,6 +62,7 @@ class ProgramStats:
     pulses_per_cell: torch.Tensor = field(repr=False)  # of programmed cells
     targets_uS: torch.Tensor | None = field(default=None, repr=False)  # targets of error_uS's cells
     reference_cells: int = 0  # reference-column cells programmed (their pulses are in the counts)
+    tiles: int = 0  # tiles the array occupies
 
     @property
     def skipped(self) -> int:
@@ -231,7 +232,8 @@ class SimulatedChip(Chip):
             out.append(ProgramStats(handle.name, handle.cells, int(idx.numel()), int(res.set_pulses[both].sum()),
                                     int(res.reset_pulses[both].sum()), int(res.verify_reads[both].sum()),
                                     int((~res.converged[both]).sum()), (res.g[k] - res.target[k])[conv],
-                                    res.pulses[k], res.target[k][conv], int(ref.numel())))
+                                    res.pulses[k], res.target[k][conv], int(ref.numel()),
+                                    handle.row_tiles * handle.col_tiles))
         return out
 
     def conductance(self, handle: ArrayHandle) -> torch.Tensor:

@@ -27,6 +27,24 @@ class ProgrammingReport:
     energy_J: float
     time_s: float
     tiles: int
+    layer_costs: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (J, s) per layer
+    inference: list[dict] = field(default_factory=list, repr=False)  # rows of :func:`layer_inference`
+    calibration_examples: int | None = None  # examples the converter ranges were calibrated on
+
+    def per_layer(self) -> list[dict]:
+        """One row per analogue layer: tiles, cells, pulses, failed cells, error spread, J, s of
+        programming, and (when measured) J, s and clipped fractions of one inference."""
+        inf = {r["layer"]: r for r in self.inference}
+        rows = []
+        for s, (e, t) in zip(self.layers, self.layer_costs or [(0.0, 0.0)] * len(self.layers)):
+            err = s.error_uS
+            rows.append({"layer": s.name, "tiles": s.tiles, "cells": s.cells, "programmed_cells": s.programmed,
+                         "reference_cells": s.reference_cells, "set_pulses": s.set_pulses,
+                         "reset_pulses": s.reset_pulses, "verify_reads": s.verify_reads, "failed_cells": s.failed,
+                         "error_std_uS": float(err.std()) if err.numel() > 1 else 0.0,
+                         "programming_energy_J": e, "programming_time_s": t,
+                         **{k: v for k, v in inf.get(s.name, {}).items() if k != "layer"}})
+        return rows
 
     @property
     def cells(self) -> int:
@@ -79,6 +97,8 @@ class ProgrammingReport:
             "error_std_uS": float(err.std()) if err.numel() > 1 else 0.0,
             "programming_energy_J": self.energy_J,
             "programming_time_s": self.time_s,
+            "calibration_examples": self.calibration_examples,
+            "layers": self.per_layer(),
         }
 
 
@@ -96,13 +116,48 @@ def _supported(name: str, m: nn.Module) -> None:
 
 
 def report_from(stats: list[ProgramStats], chip: Chip, profile: TechProfile) -> ProgrammingReport:
-    led = Ledger()
+    led, costs = Ledger(), []
     for s in stats:
-        led.add("set_pulses", s.set_pulses)
-        led.add("reset_pulses", s.reset_pulses)
-        led.add("verify_reads", s.verify_reads)
+        one = Ledger()
+        for lg in (led, one):
+            lg.add("set_pulses", s.set_pulses)
+            lg.add("reset_pulses", s.reset_pulses)
+            lg.add("verify_reads", s.verify_reads)
+        costs.append((one.energy(profile)["write_verify"], one.time(profile)["write_verify"]))
     return ProgrammingReport(chip.device.name, profile.name, stats, led.energy(profile)["write_verify"],
-                             led.time(profile)["write_verify"], getattr(chip, "tiles_used", 0))
+                             led.time(profile)["write_verify"], getattr(chip, "tiles_used", 0), costs)
+
+
+def layer_inference(model: nn.Module, feed: Feed, examples: int, profile: TechProfile | str = "cmos-180nm",
+                    adc_bits: int = 8) -> list[dict]:
+    """Energy (J) and latency (s) of each analogue layer per example of ``feed`` (``examples`` of
+    them), with the fraction of DAC inputs and ADC codes that clipped at the frozen ranges."""
+    from rmlora.hardware.calibration import _run
+
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    layers = analog_layers(model)
+    ledgers = [Ledger(adc_bits) for _ in layers]
+    before = [m.ledger for _, m in layers]
+    for (_, m), led in zip(layers, ledgers):
+        m.ledger = led
+    was_training = model.training
+    model.eval()
+    try:
+        _run(model, feed)
+    finally:
+        for (_, m), led in zip(layers, before):
+            m.ledger = led
+        model.train(was_training)
+    n = max(1, examples)
+    rows = []
+    for (name, m), led in zip(layers, ledgers):
+        c = led.counts
+        rows.append({"layer": name, "inference_energy_J": led.energy(profile)["total"] / n,
+                     "inference_time_s": led.time(profile)["total"] / n,
+                     "mvms_per_example": c["tile_mvms"] / max(1, m.core.handle.row_tiles * m.core.handle.col_tiles) / n,
+                     "dac_clipped_fraction": c["dac_clipped"] / max(1, c["dac_conversions"] // max(1, m.core.handle.col_tiles)),
+                     "adc_clipped_fraction": c["adc_clipped"] / max(1, c["adc_conversions"])})
+    return rows
 
 
 def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
@@ -181,3 +236,20 @@ def program_onto(chip: Chip, model: nn.Module, profile: TechProfile | str = "cmo
         handle = chip.handle(h.name) if chip.has(h.name) else chip.allocate(h.name, h.rows, h.cols)
         jobs.append((handle, mapping.to_conductance(m.matrix(), m.core.scale, chip.device)))
     return report_from(chip.program_many(jobs), chip, profile)
+
+
+def layer_table(rows: list[dict]) -> str:
+    """A Markdown table of :meth:`ProgrammingReport.per_layer` rows."""
+    inf = any("inference_energy_J" in r for r in rows)
+    head = ("| layer | tiles | cells | pulses | failed | error σ (µS) | programming J | programming s |"
+            + (" inference J/example | inference s/example | DAC clipped | ADC clipped |" if inf else ""))
+    lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+    for r in rows:
+        line = (f"| {r['layer']} | {r['tiles']} | {r['cells']} | {r['set_pulses'] + r['reset_pulses']} | "
+                f"{r['failed_cells']} | {r['error_std_uS']:.3f} | {r['programming_energy_J']:.3e} | "
+                f"{r['programming_time_s']:.3e} |")
+        if inf:
+            line += (f" {r.get('inference_energy_J', 0):.3e} | {r.get('inference_time_s', 0):.3e} | "
+                     f"{100 * r.get('dac_clipped_fraction', 0):.2f}% | {100 * r.get('adc_clipped_fraction', 0):.2f}% |")
+        lines.append(line)
+    return "\n".join(lines)

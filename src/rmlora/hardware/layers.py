@@ -49,6 +49,7 @@ class CrossbarCore:
         self.scale: torch.Tensor | None = None  # µS per weight unit, (out,)
         # (row tiles · tile rows, out) µS, zero below row ``in``: G − G_ref or G+ − G−
         self._signed: torch.Tensor | None = None
+        self._signed_t: torch.Tensor | None = None  # (column tiles, tile width, rows): the transposed read
         # read noise of the signed cells: one σ for all (µS), or σ² per cell (padded like _signed)
         self._sigma_uniform: float | None = None
         self._sigma2: torch.Tensor | None = None
@@ -101,6 +102,7 @@ class CrossbarCore:
         if self.p.mapping == "differential":
             s = (s[:, 0::2] ** 2 + s[:, 1::2] ** 2).sqrt()
         self._signed = F.pad(signed, (0, 0, 0, pad)).contiguous()
+        self._signed_t = None  # the transposed read's layout, built on first use
         self._sigma_uniform, self._sigma2 = _noise_form(s, pad)
         self._ref_uniform, self._ref_sigma2 = (None, None) if s_ref is None else _noise_form(s_ref, pad)
         self.ranges = self.chip.ranges(h)
@@ -209,7 +211,9 @@ class CrossbarCore:
         (B, out) driven into the columns, and those inputs per tile (column tiles, B, width)."""
         w, n_ct = self.out_tile_width, self.handle.col_tiles
         gt = F.pad(gq, (0, n_ct * w - self.out_features)).view(gq.shape[0], n_ct, w).transpose(0, 1)
-        return torch.bmm(gt, self._by_column_tile(self._signed)), gt
+        if self._signed_t is None or self._signed_t.device != gq.device or self._signed_t.dtype != gq.dtype:
+            self._signed_t = self._by_column_tile(self._signed).to(gq.dtype)
+        return torch.bmm(gt, self._signed_t), gt
 
     def _inverse_scale(self) -> torch.Tensor:
         """1 / ``scale`` (weight units per µS), recomputed only when ``scale`` is replaced."""
@@ -278,6 +282,7 @@ class AnalogLayer:
         out = super()._apply(fn, recurse)
         core = self.__dict__.get("core")
         if core is not None:
+            core._signed_t = None
             for name in ("_signed", "_sigma2", "_ref_sigma2", "scale"):
                 t = getattr(core, name)
                 if t is not None:

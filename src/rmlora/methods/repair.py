@@ -172,28 +172,34 @@ def noise_sweep(model_float: nn.Module, xy_test: XY, levels_uS: list[float], dra
             "base_preset": base.name}
 
 
-def plot_sweep(sweep: dict, path: str | Path, title: str) -> Path:
-    """Accuracy (%) against σ (µS), mean ± std over the draws, with each draw as a dot; PNG."""
+def plot_sweep(sweeps: dict, path: str | Path, title: str) -> Path:
+    """Accuracy (%) against σ (µS), mean ± std over the draws, with each draw as a dot; PNG.
+    ``sweeps``: one :func:`noise_sweep` result, or several by label (drawn side by side)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lv = sweep["levels_uS"]
-    mean = [100.0 * m for m in sweep["mean"]]
-    std = [100.0 * s for s in sweep["std"]]
+    named = {"": sweeps} if "levels_uS" in sweeps else sweeps
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
-    for x, row in zip(lv, sweep["acc"]):
-        ax.plot([x] * len(row), [100.0 * a for a in row], "o", color="tab:blue", alpha=0.25, markersize=3,
-                zorder=1)
-    ax.errorbar(lv, mean, yerr=std, fmt="-o", color="tab:blue", ecolor="black", capsize=4, linewidth=1.8,
-                markersize=5, zorder=2, label=f"mean ± std over {len(sweep['acc'][0])} chips (dots: single chips)")
+    lows = []
+    for k, (label, sweep) in enumerate(named.items()):
+        colour = ("tab:blue", "tab:orange", "tab:green")[k % 3]
+        step = max(sweep["levels_uS"]) * 0.01 * k  # side by side
+        lv = [v + step for v in sweep["levels_uS"]]
+        mean = [100.0 * m for m in sweep["mean"]]
+        std = [100.0 * s for s in sweep["std"]]
+        for x, row in zip(lv, sweep["acc"]):
+            ax.plot([x] * len(row), [100.0 * a for a in row], "o", color=colour, alpha=0.25, markersize=3, zorder=1)
+        ax.errorbar(lv, mean, yerr=std, fmt="-o", color=colour, ecolor="black", capsize=4, linewidth=1.8,
+                    markersize=5, zorder=2,
+                    label=f"{label + ': ' if label else ''}mean ± std over {len(sweep['acc'][0])} chips")
+        lows += [100.0 * min(r) for r in sweep["acc"]] + [m - s for m, s in zip(mean, std)]
     ax.set_xlabel("programming noise σ (µS)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%) (dots: single chips)")
     ax.set_title(title)
-    lo = min(100.0 * min(r) for r in sweep["acc"])
-    ax.set_ylim(max(0.0, min(lo, min(m - s for m, s in zip(mean, std))) - 5.0), 101.0)
+    ax.set_ylim(max(0.0, min(lows) - 5.0), 101.0)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower left")
     fig.tight_layout()

@@ -158,6 +158,7 @@ class ClassificationWorkload:
         def feed(model: nn.Module) -> None:
             for i in range(0, len(x), 256):
                 model(x[i:i + 256])
+        feed.examples = len(x)
         return feed
 
     def counting(self, model: nn.Module, ledger: Ledger, as_digital: bool = False) -> AbstractContextManager:
@@ -273,6 +274,12 @@ class ClassificationWorkload:
         per_class = {data.ds.names[c]: accuracy(view, *data.xy("test", [c], order)) for c in order
                      if c in kept or c in f}
         return Evaluation(m, {"test_acc": per_class})
+
+    def retention_metric(self, model: nn.Module, data: ClassData, state: ClassState, columns: Columns
+                         ) -> tuple[str, float]:
+        """Test accuracy of the kept classes."""
+        view = ColumnView(model, columns, data.order).eval()
+        return "test_acc", accuracy(view, *data.xy("test", state.kept, data.order))
 
     def inference(self, model: nn.Module, data: ClassData, state: ClassState, columns: Columns, ledger: Ledger,
                   as_digital: bool = False) -> int:

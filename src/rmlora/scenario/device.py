@@ -89,8 +89,7 @@ class Device:
         elif plan.config.pretrained:
             load_weights(model, plan.config.pretrained)
         else:
-            pre = w.pretrain(model, run.data, plan.states[0].kept, cols, st, run.streams.seed("train:pretrain"),
-                             run.progress, "pretrain (float)")
+            pre = run.pretrain(model, plan.states[0].kept, cols, "train:pretrain", "pretrain (float)")
         chip = run.chip("chip:main")
         rep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile,
                      calibrate=w.calibration(run.data, plan.states[0].kept, cols, st))

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rmlora.hardware.deploy import layer_table
 from rmlora.scenario.results import ScenarioResult, stats  # noqa: E402
 
 PATH_NAMES = {"lora": "adapter path (LoRA)", "full": "full update (baseline)", "retrain": "retrained (reference)"}
@@ -135,7 +136,14 @@ def repair_section(rep: dict[str, Any] | None) -> str:
     if not rep:
         return ""
     st, sw = rep["stress"], rep["sweep"]
-    levels = ", ".join(f"{lv:g} µS: {_pct(m)} ± {_pct(sd)}" for lv, m, sd in zip(sw["levels_uS"], sw["mean"], sw["std"]))
+    def levels_of(s: dict) -> str:
+        return ", ".join(f"{lv:g} µS: {_pct(m)} ± {_pct(sd)}" for lv, m, sd in zip(s["levels_uS"], s["mean"], s["std"]))
+    levels = levels_of(sw)
+    hw = rep.get("sweep_hardware_aware")
+    if hw:
+        levels = (f"plain float pretraining {levels}; hardware-aware pretraining (weight noise of the run's preset, "
+                  f"rmlora.methods.hwa) {levels_of(hw)}. The run's own model was pretrained "
+                  f"{'with' if rep.get('hardware_aware_run') else 'without'} it")
 
     def frac(v):
         return "nothing lost" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.0f}%"
@@ -177,6 +185,74 @@ def plot_requests(r: ScenarioResult, path: Path) -> None:
     plt.close(fig)
 
 
+def _retention_pools(r: ScenarioResult) -> tuple[dict, dict[str, list[float]], dict[str, list[float]]]:
+    """The first seed's retention record and every chip's scores pooled over seeds."""
+    recs = [s.retention for s in r.per_seed if s.retention]
+    plain: dict[str, list[float]] = {}
+    repaired: dict[str, list[float]] = {}
+    for rec in recs:
+        for t, v in rec["plain"].items():
+            plain.setdefault(t, []).extend(v)
+        for t, v in rec["repaired"].items():
+            repaired.setdefault(t, []).extend(v)
+    return (recs[0] if recs else {}), plain, repaired
+
+
+def plot_retention(r: ScenarioResult, path: Path) -> bool:
+    """Score against time after programming, without and with the repair adapter (mean ± std over chips)."""
+    rec, plain, repaired = _retention_pools(r)
+    if not rec:
+        return False
+    times = rec["times_s"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for vals, label, colour in ((plain, "as programmed", COLOURS["full"]),
+                                (repaired, f"with a repair adapter trained at {rec['repair_at']}", COLOURS["lora"])):
+        ts = [t for t in times if t in vals]
+        m = [stats(vals[t])["mean"] for t in ts]
+        sd = [stats(vals[t])["std"] for t in ts]
+        shift = 1.0 if vals is plain else 1.25  # side by side, so the error bars stay readable
+        ax.errorbar([times[t] * shift for t in ts], m, yerr=[0 if math.isnan(v) else v for v in sd], marker="o",
+                    capsize=3, label=label, color=colour)
+    ax.set_xscale("log")
+    ax.set_xticks(list(times.values()), list(times), fontsize=8, rotation=30)
+    ax.set_xlabel("time after programming")
+    ax.set_ylabel(rec["metric"].replace("_", " "))
+    ax.set_title(f"Retention on {r.chip['preset']} ({len(next(iter(plain.values())))} chips)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def retention_section(r: ScenarioResult) -> str:
+    """Markdown: the retention table (mean ± sample std over every chip of every seed) and plot."""
+    rec, plain, repaired = _retention_pools(r)
+    if not rec:
+        return ""
+    from rmlora.device import load_preset
+
+    try:
+        p = load_preset(r.chip["preset"])
+        drift = (f"drift −{p.drift_mean_uS_per_ln_t} µS·ln(t/{p.drift_t0_s:g} s) with spread "
+                 f"{p.drift_sigma_uS_per_ln_t} µS·ln(t/{p.drift_t0_s:g} s)")
+    except Exception:  # a preset file that moved since the run
+        drift = "the preset's drift model"
+    n = len(next(iter(plain.values())))
+    lines = ["## Retention\n",
+             f"The pretrained model deployed on {n} fresh chips ({rec['chips']} per seed), its cells aged from the "
+             f"programmed state with {drift} (each time drawn afresh, as aihwkit's inference noise models do), "
+             f"scored by {rec['metric'].replace('_', ' ')}; then a digital repair adapter trained on each chip at "
+             f"{rec['repair_at']} and the chip scored again at every later time. Mean ± sample std over chips.\n",
+             "| time after programming | as programmed | with the repair adapter |", "|---|---|---|"]
+    pct = rec["metric"].endswith("acc")
+    for t in rec["times_s"]:
+        rep = _pm(stats(repaired[t]), pct) if t in repaired else "–"
+        lines.append(f"| {t} | {_pm(stats(plain[t]), pct)} | {rep} |")
+    lines.append("\n![retention](retention.png)\n")
+    return "\n".join(lines) + "\n"
+
+
 def plot_costs(r: ScenarioResult, path: Path) -> None:
     """The three cost figures of both paths on a log scale, with their values."""
     figs = [("training_cost_J", "training cost (J)", "training_cost"),
@@ -211,8 +287,11 @@ def write_report(out: Path, r: ScenarioResult, workload: Any) -> None:
     """Write ``report.md`` and its PNGs into ``out``."""
     plot_requests(r, out / "accuracy_requests.png")
     plot_costs(r, out / "costs.png")
+    plot_retention(r, out / "retention.png")
     s0 = r.per_seed[0]
     dep = s0.deployment
+    chip = r.chip
+    calib = dep.get("calibration_examples", "?")
     gaps = {p: stats([s.avg_gap.get(p, float("nan")) for s in r.per_seed]) for p in ("lora", "full")}
     full_cells = stats([s.paths["full"].reprogrammed_cells for s in r.per_seed])["mean"]
     seeds = f"seeds {r.seeds} (mean ± sample std over seeds)" if len(r.seeds) > 1 else f"seed {r.seeds[0]}"
@@ -265,12 +344,17 @@ profile `{r.chip['profile']}` (sources in its JSON file); nothing is tuned towar
 
 ![costs](costs.png)
 
-{workload.report_section(r, out)}## Deployment of the pretrained model
+{workload.report_section(r, out)}{retention_section(r)}## Deployment of the pretrained model
 
 {dep['cells']} cells on {dep['tiles']} tiles; {dep['mean_pulses_per_cell']:.2f} pulses per cell on average
 (95th percentile {dep['p95_pulses_per_cell']:.0f}); {dep['failed_cells']} cells failed to converge;
 final error {dep['error_mean_uS']:+.3f} ± {dep['error_std_uS']:.3f} µS; {dep['programming_energy_J']:.3e} J,
-{dep['programming_time_s']:.3e} s.
+{dep['programming_time_s']:.3e} s. Converter ranges calibrated on {calib} training examples and frozen
+(chip.range_mode = {chip.get('range_mode', 'calibrated')}, percentile {chip.get('calibration_percentile', 99.9)});
+per layer (first seed; inference per example of the calibration set, with the share of DAC inputs and ADC codes
+beyond the frozen ranges):
+
+{layer_table(dep.get('layers', []))}
 
 ## Files
 

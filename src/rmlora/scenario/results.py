@@ -20,7 +20,7 @@ from rmlora.config import plain
 from rmlora.errors import RmloraError
 
 #: Version of the ``summary.json`` layout; bumped on every incompatible change.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The paper's reported ratios (arXiv 2601.10037, abstract: "up to").
 PAPER_RATIOS = {"training_cost": 147.76, "deployment_overhead": 387.95, "inference_energy": 48.44}
 PATHS = ("lora", "full", "retrain")
@@ -128,6 +128,7 @@ class SeedResult(_Record):
     avg_gap: dict[str, float] = field(default_factory=dict)  # path -> mean |metric − retrain's|, last request
     extras: dict[str, Any] = field(default_factory=dict)  # the workload's own results (repair sweep, grids)
     timing_s: dict[str, float] = field(default_factory=dict)
+    retention: dict[str, Any] = field(default_factory=dict)  # scores vs time after programming (retention.py)
     _nested = {"requests": ("list", RequestResult), "paths": ("dict", PathResult)}
 
 

@@ -18,6 +18,7 @@ preset, profile, checkpoint, SRAM) before anything is written;
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from rmlora.costs import Ledger, cost_figures, load_profile, ratios
 from rmlora.costs.profile import TechProfile
 from rmlora.errors import RmloraError
 from rmlora.hardware import analog_layers, deploy, make_chip
+from rmlora.hardware.deploy import layer_inference
+from rmlora.methods.hwa import noise_injection
+from rmlora.scenario.retention import retention
 from rmlora.methods import fit
 from rmlora.methods.paths import AdapterPath, FullPath
 from rmlora.metrics import accuracy_matrix_summary, avg_gap
@@ -290,6 +294,8 @@ class SeedContext:
     chip_config: Any
     out: Path | None
     build_float: Any
+    hardware_aware: bool = False  # whether build_float's model was pretrained with hardware-aware noise
+    pretrain_float: Any = None  # (hardware_aware: bool) -> a freshly pretrained float model on the initial classes
 
 
 @dataclass
@@ -315,6 +321,17 @@ class _SeedRun:
     def build(self, n_columns: int, stream: str) -> nn.Module:
         with self.streams.global_rng(stream):
             return self.w.build_model(n_columns, self.st)
+
+    def pretrain(self, model: nn.Module, classes: list[int], columns: list, stream: str, desc: str,
+                 hardware_aware: bool | None = None) -> dict:
+        """Float training from scratch (the workload's), with the preset's weight noise when the
+        scenario is hardware-aware (``hardware_aware`` overrides the scenario's choice)."""
+        hwa = self.plan.config.hardware_aware if hardware_aware is None else hardware_aware
+        with (noise_injection(model, self.plan.chip.preset, self.streams.generator(f"hwa:{stream}")) if hwa
+              else contextlib.nullcontext()):
+            pre = self.w.pretrain(model, self.data, classes, columns, self.st, self.streams.seed(stream),
+                                  self.progress, desc + (" with hardware-aware noise" if hwa else ""))
+        return {**pre, "hardware_aware": hwa}
 
     def chip(self, stream: str):
         return make_chip(self.plan.chip, self.streams.seed(stream))
@@ -375,8 +392,8 @@ class _SeedRun:
         if key not in self.refs:
             n = len(self.refs)
             model = self.build(len(columns), f"model:retrain:{n}")
-            self.w.pretrain(model, self.data, state.kept, columns, self.st, self.streams.seed(f"train:retrain:{n}"),
-                            self.progress, f"retrain on {len(state.kept)} kept classes (reference)")
+            self.pretrain(model, state.kept, columns, f"train:retrain:{n}",
+                          f"retrain on {len(state.kept)} kept classes (reference)")
             self.ref_float[key] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             deploy(model, self.chip(f"chip:retrain:{n}"), exclude=self.w.deploy_exclude(self.st), profile=self.plan.profile,
                    calibrate=self.w.calibration(self.data, state.kept, columns, self.st))
@@ -402,8 +419,7 @@ class _SeedRun:
             load_weights(model, plan.config.pretrained)
             pre = {"loaded_from": str(plan.config.pretrained)}
         else:
-            pre = w.pretrain(model, self.data, state.kept, cols, st, self.streams.seed("train:pretrain"),
-                             self.progress, "pretrain (float)")
+            pre = self.pretrain(model, state.kept, cols, "train:pretrain", "pretrain (float)")
         self.timing["pretrain"] = round(time.perf_counter() - t0, 2)
         float_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         pre_eval = self.evaluate(model, cols, ClassState(state.initial, state.kept, [c for c in plan.states[-1].forgotten
@@ -412,8 +428,10 @@ class _SeedRun:
         pre = {**{k: v for k, v in pre.items() if isinstance(v, (int, float, str))},
                "float_metrics": pre_eval.metrics}
         chip = self.chip("chip:main")
-        dep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile,
-                     calibrate=w.calibration(self.data, state.kept, cols, st))
+        feed = w.calibration(self.data, state.kept, cols, st)
+        dep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile, calibrate=feed)
+        dep.inference = layer_inference(model, feed, feed.examples, plan.profile, plan.chip.adc_bits or 8)
+        dep.calibration_examples = feed.examples
         field_chip = copy.deepcopy(chip)
         full_model = copy.deepcopy(model)
         full_chip = next(m.core.chip for _, m in analog_layers(full_model))
@@ -539,16 +557,27 @@ class _SeedRun:
         for p in ("lora", "full"):
             keys = [k for k in gap_keys if _finite(last[p].metrics.get(k)) and _finite(last["retrain"].metrics.get(k))]
             gaps[p] = avg_gap(last[p].metrics, last["retrain"].metrics, keys) if keys else float("nan")
-        ctx = SeedContext(self.seed, self.data, plan.states[0], self.st, plan.adapter, plan.chip, self.out,
-                          lambda: self._float_copy(float_state))
+        s0 = plan.states[0]
+        cols0 = w.initial_columns(s0, plan.order)
+
+        def pretrain_float(hwa: bool) -> nn.Module:
+            m = self.build(len(cols0), "model:pretrain")
+            self.pretrain(m, s0.kept, cols0, "train:pretrain", "pretrain for the noise sweep", hardware_aware=hwa)
+            return m
+        ctx = SeedContext(self.seed, self.data, s0, self.st, plan.adapter, plan.chip, self.out,
+                          lambda: self._float_copy(float_state), plan.config.hardware_aware, pretrain_float)
         t0 = time.perf_counter()
         extras = w.extras(ctx)
         self.timing["extras"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        kept0 = plan.states[0]
+        ret = retention(self, float_state, w.initial_columns(kept0, plan.order), kept0)
+        self.timing["retention"] = round(time.perf_counter() - t0, 2)
         if self.out is not None:
             self._save(model, full_model, float_state, lanes)
         self.timing["total"] = round(time.perf_counter() - t_start, 2)
         return SeedResult(self.seed, [plan.ds.names[c] for c in plan.order], pre, dep.summary(), results, paths, rat,
-                          digital_J, gaps, extras, dict(self.timing))
+                          digital_J, gaps, extras, dict(self.timing), ret)
 
     def _float_copy(self, float_state: dict) -> nn.Module:
         m = self.build(len(self.w.initial_columns(self.plan.states[0], self.plan.order)), "model:pretrain")

@@ -71,6 +71,8 @@ class WorkloadSettings(ConfigBase):
     rehearsal_per_class: int = field(default=2, metadata={"help": "kept-class examples replayed per class"})
     forget_weight: float = field(default=1.0, metadata={"help": "weight of the forget term of the objective"})
     seeds: int = field(default=3, metadata={"help": "default number of seeds"})
+    retention_chips: int = field(default=3, metadata={"help": "chips the retention section averages over "
+                                                              "(0: no retention section)"})
 
     def with_overrides(self, overrides: dict[str, Any], where: str = "settings"):
         """A copy with ``overrides`` applied (every key checked, nested tables merged)."""
@@ -149,6 +151,8 @@ class Workload(Protocol):
                  ) -> AbstractContextManager[Any]: ...
     def evaluate(self, model: nn.Module, data: Any, state: ClassState, columns: Columns, *, key: str,
                  title: str) -> Evaluation: ...
+    def retention_metric(self, model: nn.Module, data: Any, state: ClassState, columns: Columns
+                         ) -> tuple[str, float]: ...
     def inference(self, model: nn.Module, data: Any, state: ClassState, columns: Columns, ledger: Ledger,
                   as_digital: bool = False) -> int: ...
     def extras(self, ctx: Any) -> dict[str, Any]: ...

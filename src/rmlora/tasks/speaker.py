@@ -171,8 +171,11 @@ class SpeakerWorkload(ClassificationWorkload):
         test, val, train = (data.xy(s, learn, learn) for s in ("test", "val", "train"))
         build = ctx.build_float
         sweep = noise_sweep(build(), test, st.sweep_levels, st.sweep_draws, seed=ctx.seed, calibration=train[0])
-        plot_sweep(sweep, ctx.out / "noise_sweep.png",
-                   f"accuracy vs programming noise ({sweep['draws']} chips per level)")
+        other = noise_sweep(ctx.pretrain_float(not ctx.hardware_aware), test, st.sweep_levels, st.sweep_draws,
+                            seed=ctx.seed, calibration=train[0])
+        plain, hwa = (other, sweep) if ctx.hardware_aware else (sweep, other)
+        plot_sweep({"plain pretraining": plain, f"hardware-aware pretraining ({ctx.chip_config.preset} noise)": hwa},
+                   ctx.out / "noise_sweep.png", f"accuracy vs programming noise ({sweep['draws']} chips per level)")
         a = ctx.adapter
         res = repair_experiment(build(), build, ctx.chip_config.preset, train, val, test, st.repair, ctx.seed,
                                 a.rank, a.alpha)
@@ -183,7 +186,9 @@ class SpeakerWorkload(ClassificationWorkload):
         keys = ("acc_before_noise", "acc_after_noise", "acc_after_repair", "recovered_fraction")
         return {"repair": {**{k: res[k] for k in keys}, "preset": ctx.chip_config.preset,
                            "stress": {"sigma_uS": sigma, **{k: stress[k] for k in keys}},
-                           "sweep": {k: sweep[k] for k in ("levels_uS", "mean", "std", "draws")}}}
+                           "sweep": {k: plain[k] for k in ("levels_uS", "mean", "std", "draws")},
+                           "sweep_hardware_aware": {k: hwa[k] for k in ("levels_uS", "mean", "std", "draws")},
+                           "hardware_aware_run": ctx.hardware_aware}}
 
     def report_section(self, result: Any, out: Any) -> str:
         from rmlora.scenario.report import repair_section

@@ -316,6 +316,7 @@ class StyleWorkload:
             gen = torch.Generator().manual_seed(0)
             for i in range(0, len(x), 64):
                 data.diff.loss(model, x[i:i + 64], y[i:i + 64], gen)
+        feed.examples = len(x)
         return feed
 
     def counting(self, model: nn.Module, ledger: Ledger, as_digital: bool = False) -> AbstractContextManager:
@@ -401,6 +402,20 @@ class StyleWorkload:
                          finish=lambda: fold_rows(model), undo=undo)
 
     # -- evaluation ----------------------------------------------------------
+    @torch.no_grad()
+    def retention_metric(self, model: nn.Module, data: StyleData, state: ClassState, columns: Columns
+                         ) -> tuple[str, float]:
+        """Denoising loss on the kept styles' validation images at fixed noise and time steps (lower
+        is better): sampling and judging at every retention point would cost minutes each."""
+        x, y = data.xy("val", state.kept)
+        gen = torch.Generator().manual_seed(4049)
+        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        t = torch.linspace(0, data.settings.train_timesteps - 1, len(y)).long().to(x.device)
+        model.eval()
+        vals = [data.diff.loss(model, x[i:i + 64], y[i:i + 64], None, fixed=(noise[i:i + 64], t[i:i + 64]),
+                               reduce=False) for i in range(0, len(y), 64)]
+        return "val_denoising_loss", float(torch.cat(vals).mean())
+
     def evaluate(self, model: nn.Module, data: StyleData, state: ClassState, columns: Columns, *, key: str = "",
                  title: str = "") -> Evaluation:
         """Samples every style of the scenario with a fixed generator and scores them."""
