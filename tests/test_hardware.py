@@ -532,3 +532,49 @@ def test_backward_converters_keep_gradients_close_to_exact():
     layer(xg).backward(gy)
     exact = gy @ layer.core.effective_weight()
     assert rel_err(xg.grad, exact) < 0.05
+
+
+# ---------------------------------------------------------------------------
+# bit-serial inputs
+# ---------------------------------------------------------------------------
+
+def test_bit_serial_without_an_adc_equals_the_multibit_dac():
+    """Shift-and-add of the two's-complement planes rebuilds the DAC codes exactly."""
+    x = torch.randn(64, 300)
+    outs = []
+    for serial in (False, True):
+        _, layer = _layer(read_noise=False, adc_bits=None, bit_serial=serial)
+        calibrate(layer, x)
+        with torch.no_grad():
+            outs.append(layer(x[:16]))
+    assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_bit_serial_counts_one_pass_per_plane_and_drives_only_set_bits():
+    from rmlora.costs import Ledger, counting
+
+    x = torch.randn(64, 300)
+    _, layer = _layer(read_noise=False, bit_serial=True)
+    calibrate(layer, x)
+    led = Ledger()
+    with torch.no_grad(), counting(layer, led):
+        y = layer(x[:4])
+    core = layer.core
+    planes, w = core.bit_planes(torch.clamp(x[:4], -float(core.ranges.dac), float(core.ranges.dac)),
+                                core.ranges.dac)
+    assert w.numel() == 8 and float(w[-1]) < 0
+    h = core.handle
+    assert led.counts["adc_conversions"] == 8 * 4 * h.row_tiles * 200
+    assert led.counts["tile_mvms"] == 8 * 4 * h.row_tiles * h.col_tiles
+    assert led.counts["dac_conversions"] == core.drives[0] * h.col_tiles < 8 * 4 * 300 * h.col_tiles
+    # an 8-bit ADC per plane: close to the exact product
+    exact = x[:4] @ core.effective_weight().t() + layer.bias
+    assert rel_err(y, exact) < 0.1
+
+
+def test_bit_serial_needs_an_integer_dac():
+    with pytest.raises(RmloraError, match="bit-serial"):
+        SimulatedChip(RRAM, dac_bits=None, bit_serial=True)
+    from rmlora.config import ChipConfig
+    with pytest.raises(RmloraError, match="bit_serial"):
+        ChipConfig(dac_bits=None, bit_serial=True)

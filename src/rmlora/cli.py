@@ -139,6 +139,8 @@ def scenario_options(f):
         click.option("--range-mode", type=click.Choice(["calibrated", "per-vector"]), default="calibrated",
                      show_default=True, help="converter full scales: calibrated at deployment and frozen, or "
                                              "each input vector scaled by its own max |x| (ADC ranges frozen)"),
+        click.option("--bit-serial", is_flag=True, help="apply the DAC codes one bit plane at a time "
+                                                        "(shift-and-add after the ADC)"),
         click.option("--rank", type=int, default=None, help="adapter rank (default: the workload's)"),
         click.option("--alpha", type=float, default=None, help="adapter alpha (default: the workload's)"),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -188,6 +190,8 @@ def scenario_config(ctx: click.Context, p: dict):
             top[name] = _idents(value)
     chip = {k: p[k] for k in ("preset", "profile", "tile", "dac_bits", "adc_bits", "range_mode")
             if _set(ctx, k) or not cfile}
+    if p["bit_serial"]:
+        chip["bit_serial"] = True
     if p["no_read_noise"]:
         chip["read_noise"] = False
     if "requests" in top or any(k in top for k in ("learn", "forget", "add")):

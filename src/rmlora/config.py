@@ -206,6 +206,8 @@ class ChipConfig(ConfigBase):
                             "max |x| before the DAC, ADC ranges frozen)", "calibrated")
     calibration_percentile: float = _help("percentile of |input| and |tile current| over the calibration "
                                           "inputs that sets the DAC and ADC full scales", 99.9)
+    bit_serial: bool = _help("bit-serial inputs: the DAC codes applied one two's-complement bit plane at a "
+                             "time, shift-and-add after the ADC (dac_bits planes per input vector)", False)
     read_noise: bool = _help("fresh read noise in every MVM, drawn for each input vector", True)
     seed: int | None = _help("seed of the chip's cells and read noise; None: derived from the run's seed", None)
     backend: str = _help("chip backend: simulator", "simulator")
@@ -220,6 +222,8 @@ class ChipConfig(ConfigBase):
         if self.range_mode not in self.RANGE_MODES:
             raise RmloraError(f"chip.range_mode must be one of {', '.join(self.RANGE_MODES)}, got {self.range_mode!r}")
         _finite("chip.calibration_percentile", self.calibration_percentile, 50.0, strict=True)
+        if self.bit_serial and self.dac_bits is None:
+            raise RmloraError("chip.bit_serial needs an integer chip.dac_bits (the bit planes per input)")
         if self.calibration_percentile > 100:
             raise RmloraError(f"chip.calibration_percentile must lie in (50, 100], got {self.calibration_percentile}")
         if self.backend not in self.BACKENDS:

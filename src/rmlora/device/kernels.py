@@ -164,7 +164,7 @@ def _exp(y):
     return e
 
 
-WV_BLOCK = 128  # cells stepped together, one verify-and-pulse iteration at a time
+WV_BLOCK = 1024  # cells per block of work; the cells still stepping are compacted as others finish
 
 
 @nb.njit(parallel=True, cache=True, **FAST)
@@ -201,9 +201,16 @@ def _program_kernel(g0, target, d2d, stuck, seed, exact, tol, max_pulses, passes
             for c in range(m):
                 g[c] = t[c] if free[c] > 0 else g[c]
                 conv[c] = f32(1.0) if abs(g[c] - t[c]) <= max(tol, f32(1e-6)) else f32(0.0)
+        # cells still stepping sit at the front, [0, mm); the loop compacts them when a quarter
+        # has finished, so late iterations skip finished cells. A cell's draws depend only on its
+        # key and the iteration, so compaction does not change any result.
+        mm = m
+        pos = np.arange(WV_BLOCK)
+        fg, fsp, frp, fvr, fcv = np.empty(WV_BLOCK, f32), np.empty(WV_BLOCK, f32), np.empty(WV_BLOCK, f32), \
+            np.empty(WV_BLOCK, f32), np.empty(WV_BLOCK, f32)
         for it in range(iters):
             left = 0
-            for c in range(m):
+            for c in range(mm):
                 x_read, x_c2c = _normal_pair(keys[c], it)
                 a = act[c] > 0
                 gc = g[c]
@@ -236,16 +243,31 @@ def _program_kernel(g0, target, d2d, stuck, seed, exact, tol, max_pulses, passes
                 left += 1 if still else 0
             if left == 0:
                 break
+            if 8 * left < 7 * mm:
+                j = 0
+                for c in range(mm):
+                    if act[c] > 0:
+                        keys[j], g[j], t[j], gain[j], free[j] = keys[c], g[c], t[c], gain[c], free[c]
+                        run[j], passes[j], sp[j], rp[j], vr[j] = run[c], passes[c], sp[c], rp[c], vr[c]
+                        act[j], conv[j], pos[j] = act[c], conv[c], pos[c]
+                        j += 1
+                    else:
+                        q = pos[c]
+                        fg[q], fsp[q], frp[q], fvr[q], fcv[q] = g[c], sp[c], rp[c], vr[c], conv[c]
+                mm = j
+        for c in range(mm):
+            q = pos[c]
+            fg[q], fsp[q], frp[q], fvr[q], fcv[q] = g[c], sp[c], rp[c], vr[c], conv[c]
         for c in range(m):
-            gc = g[c]
-            if free[c] > 0:  # relaxation right after programming: spread shrinking with verify reads
-                x, _ = _normal_pair(keys[c], iters)
-                u = t[c] / poly_g
+            gc = fg[c]
+            if stuck[lo + c] == 0:  # relaxation right after programming: spread shrinking with verify reads
+                x, _ = _normal_pair(_stream(seed, lo + c), iters)
+                u = target[lo + c] / poly_g
                 spread = poly[0] + u * (poly[1] + u * (poly[2] + u * (poly[3] + u * poly[4])))
-                gc += (relax_floor + relax_iter / math.sqrt(max(vr[c], f32(1.0))) + spread) * x
+                gc += (relax_floor + relax_iter / math.sqrt(max(fvr[c], f32(1.0))) + spread) * x
             out_g[lo + c] = min(max(gc, floor), ceil)
-            out_sp[lo + c], out_rp[lo + c], out_vr[lo + c] = sp[c], rp[c], vr[c]
-            out_cv[lo + c] = conv[c] > 0
+            out_sp[lo + c], out_rp[lo + c], out_vr[lo + c] = fsp[c], frp[c], fvr[c]
+            out_cv[lo + c] = fcv[c] > 0
 
 
 def program_cells(g0: np.ndarray, target: np.ndarray, d2d: np.ndarray, stuck: np.ndarray, p, seed: int

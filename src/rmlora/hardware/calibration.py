@@ -123,6 +123,8 @@ def _ranges(core, x: torch.Tensor, q: float) -> Ranges:
         fs_dac = percentile(a[a > 0], q).reshape(())  # the nonzero inputs: spikes and ReLU zeros drive nothing
         u = x
     xq, _ = dac(u, chip.dac_bits, fs_dac)
+    if getattr(chip, "bit_serial", False):  # each plane is its own MVM: the ADC sees plane currents
+        xq = core.bit_planes(xq, fs_dac)[0]
     part, _ = core._tile_products(xq.contiguous())
     adc = _tile_percentile(part, core.out_tile_width, q)
     g = torch.randn(512, core.out_features, generator=torch.Generator().manual_seed(0)).to(dev)

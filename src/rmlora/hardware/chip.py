@@ -79,6 +79,7 @@ class Chip(ABC):
     adc_bits: int | None
     range_mode: str = "calibrated"
     calibration_percentile: float = 99.9
+    bit_serial: bool = False
 
     @abstractmethod
     def allocate(self, name: str, rows: int, cols: int) -> ArrayHandle: ...
@@ -117,7 +118,9 @@ class SimulatedChip(Chip):
     """Simulated RM-CIM chip: tiles of ``tile`` cells, DAC/ADC bits, a device preset.
 
     ``n_tiles`` bounds the arrays (None: as many as needed). ``read_noise``
-    switches per-MVM read noise on or off. ``range_mode`` and
+    switches per-MVM read noise on or off. ``bit_serial`` applies the DAC
+    codes one two's-complement bit plane at a time (binary row drives, one
+    ADC conversion per plane, shift-and-add after the ADC). ``range_mode`` and
     ``calibration_percentile`` say how converter full scales are fixed (see
     :mod:`rmlora.hardware.converters`). With the offset mapping every tile
     has a reference column of real cells beside its ``tile[1]`` columns,
@@ -128,7 +131,7 @@ class SimulatedChip(Chip):
     def __init__(self, preset: str | DeviceParams = "rram-180nm", *, tile: tuple[int, int] = (128, 128),
                  n_tiles: int | None = None, dac_bits: int | None = 8, adc_bits: int | None = 8,
                  read_noise: bool = True, range_mode: str = "calibrated", calibration_percentile: float = 99.9,
-                 seed: int = 0, device: str | torch.device = "cpu") -> None:
+                 bit_serial: bool = False, seed: int = 0, device: str | torch.device = "cpu") -> None:
         self.device = preset if isinstance(preset, DeviceParams) else load_preset(preset)
         if tile[0] < 1 or tile[1] < self.device.cells_per_weight or tile[1] % self.device.cells_per_weight:
             raise RmloraError(f"tile {tile} cannot hold {self.device.mapping} weights")
@@ -137,6 +140,9 @@ class SimulatedChip(Chip):
         if not 50 < calibration_percentile <= 100:
             raise RmloraError(f"calibration_percentile must lie in (50, 100], got {calibration_percentile}")
         self.range_mode, self.calibration_percentile = range_mode, float(calibration_percentile)
+        if bit_serial and (isinstance(dac_bits, bool) or not isinstance(dac_bits, int) or dac_bits < 2):
+            raise RmloraError(f"bit-serial inputs need an integer number of DAC bits >= 2, got {dac_bits!r}")
+        self.bit_serial = bool(bit_serial)
         ideal = self.device.programming == "exact" and self.device.noiseless
         self.tile_rows, self.tile_cols = tile
         self.n_tiles = n_tiles

@@ -15,7 +15,8 @@ from rmlora.hardware.chip import Chip, SimulatedChip
 def _simulator(cfg: ChipConfig, seed: int, preset: DeviceParams | str) -> Chip:
     return SimulatedChip(preset, tile=(cfg.tile, cfg.tile), dac_bits=cfg.dac_bits, adc_bits=cfg.adc_bits,
                          read_noise=cfg.read_noise, range_mode=cfg.range_mode,
-                         calibration_percentile=cfg.calibration_percentile, seed=seed, device=cfg.device)
+                         calibration_percentile=cfg.calibration_percentile, bit_serial=cfg.bit_serial, seed=seed,
+                         device=cfg.device)
 
 
 #: chip backends by name: ``(config, seed, preset) -> Chip``; a test board registers here

@@ -34,7 +34,7 @@ from rmlora.costs.counting import ANALOG
 from rmlora.device import kernels, mapping
 from rmlora.errors import RmloraError
 from rmlora.hardware.chip import ArrayHandle, Chip, ProgramStats
-from rmlora.hardware.converters import Ranges, adc_sum, dac, vector_scale
+from rmlora.hardware.converters import Ranges, adc_sum, dac, levels, vector_scale
 
 
 class CrossbarCore:
@@ -59,6 +59,7 @@ class CrossbarCore:
         self.ranges: Ranges | None = None
         self.collect: list[torch.Tensor] | None = None  # input rows sampled while calibrating
         self.clipped = [0, 0]  # DAC inputs and ADC codes clipped by the last call
+        self.drives: tuple[int | None, int] = (None, 1)  # the last call's (row drives, passes per vector)
         self._scratch_bufs: dict[str, torch.Tensor] = {}  # scratch of forward_currents (CPU float32)
         self._inverse: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # (scale, 1 / scale)
 
@@ -139,10 +140,33 @@ class CrossbarCore:
         u = x / m.unsqueeze(1) if per_vector else x
         fs = torch.ones(()) if per_vector or self.ranges is None else self.ranges.dac
         xq, dclip = dac(u, chip.dac_bits, fs, out=self._scratch("xq", x) if chip.dac_bits else None)
+        if getattr(chip, "bit_serial", False):
+            planes, weights = self.bit_planes(xq, fs)
+            self.drives = (int(planes.sum()), weights.numel())
+            y = self._read(planes, dclip)  # (bits · B, out), one MVM per plane and vector
+            y = torch.einsum("k,kbo->bo", weights.to(y.dtype), y.view(weights.numel(), x.shape[0], -1))
+            return y.mul_(m.unsqueeze(1)) if per_vector else y
+        self.drives = (None, 1)  # the non-zero inputs, counted by the ledger when it asks
+        return self._read(xq, dclip, m)
+
+    def bit_planes(self, xq: torch.Tensor, fs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two's-complement bit planes of the DAC codes of ``xq`` (B, in): ((bits · B, in) of 0/1
+        row drives, plane weights (bits,) in input units: 2^i·LSB, the sign plane −2^(bits−1)·LSB)."""
+        bits = self.chip.dac_bits
+        lsb = fs.to(xq.dtype) / levels(bits)
+        k = torch.round(xq / lsb).to(torch.int32) & ((1 << bits) - 1)
+        planes = torch.stack([(k >> i) & 1 for i in range(bits)]).to(xq.dtype).view(bits * xq.shape[0], -1)
+        w = torch.tensor([2.0 ** i for i in range(bits - 1)] + [-(2.0 ** (bits - 1))], dtype=xq.dtype) * lsb
+        return planes, w
+
+    def _read(self, xq: torch.Tensor, dclip: int, m: torch.Tensor | None = None) -> torch.Tensor:
+        """Tile products, read noise and ADC of the DAC outputs ``xq`` (B, in) → (B, out), times the
+        per-vector scale ``m`` if given."""
+        chip = self.chip
         if chip.adc_bits is None and not self.noisy:
             y = (xq @ self.signed) / self.scale
             self.clipped = [dclip, 0]
-            return y * m.unsqueeze(1) if per_vector else y
+            return y if m is None else y * m.unsqueeze(1)
         part, xt = self._tile_products(xq)
         row_std, full_std, ref_std = self._noise(xt, self._sigma_uniform, self._sigma2, self._ref_uniform,
                                                  self._ref_sigma2)
@@ -151,7 +175,7 @@ class CrossbarCore:
                            row_std=row_std, full_std=full_std, ref_std=ref_std,
                            seed=kernels.draw_seed(getattr(chip, "generator", None)))
         self.clipped = [dclip, aclip]
-        return y.mul_(m.unsqueeze(1)) if per_vector else y
+        return y if m is None else y.mul_(m.unsqueeze(1))
 
     def _tile_products(self, xq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise-free partial currents (row tiles, B, out) µS·input and the inputs per tile
@@ -298,24 +322,27 @@ class AnalogLayer:
 
     def _matmul(self, x2d: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The counted analogue MVM of input vectors ``x2d`` (B, in) → (B, out)."""
-        if self.ledger is not None:
-            self._count(x2d)
         y = self.core.mvm(x2d, self.weight if weight is None else weight)
         if self.ledger is not None:
+            self._count(x2d)
             self.ledger.add("dac_clipped", self.core.clipped[0])
             self.ledger.add("adc_clipped", self.core.clipped[1])
         return y
 
     def _count(self, x2d: torch.Tensor) -> None:
+        """Count the call just made: event-driven row drives (zero inputs and zero bits of a
+        bit-serial plane drive nothing), one ADC conversion per column, tile and pass."""
         h, led, p = self.core.handle, self.ledger, self.core.p
         b, n_in = x2d.shape
         n_out = self.core.out_features
-        nnz = int((x2d != 0).sum())  # event-driven: zero inputs (silent spikes) drive nothing
+        drives, passes = self.core.drives
+        if drives is None:
+            drives = int((x2d != 0).sum())
         ref = h.col_tiles if p.mapping == "offset" else 0  # one reference column per tile
-        led.add("dac_conversions", nnz * h.col_tiles)
-        led.add("cell_reads", nnz * (h.cols + ref))
-        led.add("adc_conversions", b * h.row_tiles * n_out)
-        led.add("tile_mvms", b * h.row_tiles * h.col_tiles)
+        led.add("dac_conversions", drives * h.col_tiles)
+        led.add("cell_reads", drives * (h.cols + ref))
+        led.add("adc_conversions", passes * b * h.row_tiles * n_out)
+        led.add("tile_mvms", passes * b * h.row_tiles * h.col_tiles)
         if torch.is_grad_enabled() and x2d.requires_grad:  # transposed read for dL/dx
             led.add("dac_conversions", b * n_out * h.row_tiles)
             led.add("cell_reads", b * h.cells)
