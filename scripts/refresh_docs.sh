@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # Regenerates every figure and table that README.md and docs/ show, from the runs themselves.
 #   bash scripts/refresh_docs.sh [DATA_DIR]   (DATA_DIR holds att_faces/ and fsdd/; default ../shared/data)
-# Measured on the 2-core CPU machine, one thread: face ~4 min, face sequence ~5 min, speaker ~15 min, speaker sequence ~15 min, style ~24 min.
+# Two lanes run side by side, one thread each (the CI-size machine has two cores): the style run in
+# one, the face and speaker runs in the other; about 50 min on the 2-core CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/data}"
 runs="$(mktemp -d)"
 run() {  # run NAME ARGS...: one scenario into docs/NAME
   local name="$1"; shift
-  rmlora demo "$@" --out "$runs/$name" --no-progress
+  rmlora demo "$@" --out "$runs/$name" --no-progress > "$runs/$name.log" 2>&1 || { cat "$runs/$name.log"; return 1; }
   rm -rf "docs/$name" && mkdir -p "docs/$name"
   cp "$runs/$name"/report.md "$runs/$name"/*.png "$runs/$name"/summary.json "docs/$name/"
 }
+python3 benchmarks/calibrate_device.py --plot docs/sigma_curve.png --json > docs/sigma_curve.json
+run style-demo --workload style &
+style=$!
 run face-demo --workload face --data-dir "$data"
 run face-sequence --workload face --data-dir "$data" --seeds 3 --requests "forget:s3,add:s6,forget:s1,add:s7,undo:1"
+run face-wan2022 --workload face --data-dir "$data" --preset wan2022
 run speaker-demo --workload speaker --data-dir "$data"
 run speaker-sequence --workload speaker --data-dir "$data" --seeds 1 --requests "forget:jackson,add:yweweler,forget:george,repair,undo:1"
-run style-demo --workload style
+wait "$style"
 python3 scripts/readme_tables.py README.md docs/face-demo/summary.json
-echo "regenerated docs/face-demo, docs/face-sequence, docs/speaker-demo, docs/speaker-sequence, docs/style-demo and README.md's tables"
+echo "regenerated docs/sigma_curve.png, docs/face-demo, docs/face-sequence, docs/face-wan2022, docs/speaker-demo," \
+     "docs/speaker-sequence, docs/style-demo and README.md's tables"
