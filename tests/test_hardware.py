@@ -408,6 +408,18 @@ def test_a_sample_does_not_depend_on_its_batch(mode):
     assert torch.equal(alone, mixed) and torch.equal(alone, one)
 
 
+def test_with_read_noise_a_sample_keeps_its_distribution_whatever_its_batch():
+    _, layer = _layer(n_in=140, n_out=40)
+    x = torch.randn(512, 140)
+    calibrate(layer, x)
+    with torch.no_grad():
+        alone = torch.stack([layer(x[:1])[0] for _ in range(300)])
+        mixed = torch.stack([layer(torch.cat([x[:1], 20 * x[1:3]]))[0] for _ in range(300)])
+    se = (alone.var(0) / 300 + mixed.var(0) / 300).sqrt()
+    assert float(((alone.mean(0) - mixed.mean(0)) / se).abs().max()) < 5
+    assert float((alone.std(0) / mixed.std(0) - 1).abs().max()) < 0.35  # 300 draws: sd of the ratio ~ 8 %
+
+
 def test_calibrated_ranges_are_frozen_saved_and_restored():
     _, layer = _layer(read_noise=False)
     x = torch.randn(512, 300)

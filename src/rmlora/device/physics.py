@@ -59,7 +59,9 @@ def read_sigma(g: torch.Tensor, p: DeviceParams) -> torch.Tensor | float:
 
 def read(mean: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator | None = None,
          out: torch.Tensor | None = None) -> torch.Tensor:
-    """One noisy read ``mean + sigma·N(0, 1)`` of every cell (µS), a fresh draw per call.
+    """One noisy read ``mean + sigma·N(0, 1)`` of every cell (µS), a fresh draw per call
+    (a read of the cells themselves; the analogue layers draw the read noise of each MVM per
+    input vector inside the ADC kernel, :mod:`rmlora.hardware.converters`).
 
     ``sigma`` is shaped like ``mean``. float32 CPU arrays use the compiled
     multi-threaded kernel (written into ``out`` if given, a contiguous buffer
