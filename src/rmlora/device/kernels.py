@@ -59,13 +59,9 @@ def _stream(seed, index):
 
 
 @nb.njit(inline="always", **FAST)
-def _normal_pair(key, k):
-    """Draw pair ``k`` of stream ``key``: two independent standard normals (float32)."""
-    z1 = _mix(key + np.uint64(2 * k + 1) * _GAMMA)
-    z2 = _mix(key + np.uint64(2 * k + 2) * _GAMMA)
-    # -ln U with U = m * 2^-(1+G)
-    g = _F(leading_zeros(z1 & _LOW40) - 24)
-    m = _F(1.0) + _F(z2 >> _S41) * _EPS23
+def _box_muller(g, m, angle):
+    """The normal pair of U = m·2^-(1+g) (m in [1, 2) from 23 bits, g the leading zeros of the
+    exponent bits) and of the angle ``angle``·2^-24 of a turn (``angle`` < 2^24, int32)."""
     big = m > _SQRT2
     m = m * _F(0.5) if big else m  # m in [0.71, 1.41): ln m = 2 atanh((m-1)/(m+1))
     g = g + (_F(0.0) if big else _F(1.0))
@@ -74,16 +70,27 @@ def _normal_pair(key, k):
     ln_m = _F(2.0) * t * (_F(1.0) + t2 * (_F(1 / 3) + t2 * (_F(1 / 5) + t2 * (_F(1 / 7) + t2 * _F(1 / 9)))))
     r = math.sqrt(_F(2.0) * (g * _LN2 - ln_m))
     # angle 2*pi*u = quadrant * pi/2 + a, |a| <= pi/4
-    q4 = _F(z1 >> _S40) * _EPS24 * _F(4.0)
-    q = np.int64(q4 + _F(0.5))
+    q4 = _F(angle) * _EPS24 * _F(4.0)
+    q = np.int32(q4 + _F(0.5))
     a = (q4 - _F(q)) * _HALF_PI
     a2 = a * a
     s = a * (_F(1.0) - a2 * (_F(1 / 6) - a2 * (_F(1 / 120) - a2 * (_F(1 / 5040) - a2 * _F(1 / 362880)))))
     c = _F(1.0) - a2 * (_F(0.5) - a2 * (_F(1 / 24) - a2 * (_F(1 / 720) - a2 * (_F(1 / 40320)
                                                                             - a2 * _F(1 / 3628800)))))
     odd = (q & 1) == 1  # one select per quadrant bit (a chain of them stops vectorisation)
-    r = r * _F(1 - (q & 2))
+    r = r * _F(np.int32(1) - (q & np.int32(2)))
     return r * (-s if odd else c), r * (c if odd else s)
+
+
+@nb.njit(inline="always", **FAST)
+def _normal_pair(key, k):
+    """Draw pair ``k`` of stream ``key``: two independent standard normals (float32), from two
+    hashes (U's exponent and the angle from the first, its mantissa from the second)."""
+    z1 = _mix(key + np.uint64(2 * k + 1) * _GAMMA)
+    z2 = _mix(key + np.uint64(2 * k + 2) * _GAMMA)
+    g = _F(np.int32(leading_zeros(z1 & _LOW40) - 24))  # int32 → float converts in one instruction
+    m = _F(1.0) + _F(np.int32(z2 >> _S41)) * _EPS23
+    return _box_muller(g, m, np.int32(z1 >> _S40))
 
 
 @nb.njit(inline="always", **FAST)
@@ -95,25 +102,8 @@ def normal_pair_1h(key, k):
     low = (z & _LOW40) | np.uint64(1)
     lz = leading_zeros(low) - 24  # 0..39
     sh = np.uint64(min(lz + 25, 63))
-    m = _F(1.0) + _F(np.int32((low << sh) >> _S41)) * _EPS23  # int32 → float converts in one instruction
-    g = _F(np.int32(lz))
-    big = m > _SQRT2
-    m = m * _F(0.5) if big else m
-    g = g + (_F(0.0) if big else _F(1.0))
-    t = (m - _F(1.0)) / (m + _F(1.0))
-    t2 = t * t
-    ln_m = _F(2.0) * t * (_F(1.0) + t2 * (_F(1 / 3) + t2 * (_F(1 / 5) + t2 * (_F(1 / 7) + t2 * _F(1 / 9)))))
-    r = math.sqrt(_F(2.0) * (g * _LN2 - ln_m))
-    q4 = _F(np.int32(z >> _S40)) * _EPS24 * _F(4.0)
-    q = np.int32(q4 + _F(0.5))
-    a = (q4 - _F(q)) * _HALF_PI
-    a2 = a * a
-    s = a * (_F(1.0) - a2 * (_F(1 / 6) - a2 * (_F(1 / 120) - a2 * (_F(1 / 5040) - a2 * _F(1 / 362880)))))
-    c = _F(1.0) - a2 * (_F(0.5) - a2 * (_F(1 / 24) - a2 * (_F(1 / 720) - a2 * (_F(1 / 40320)
-                                                                            - a2 * _F(1 / 3628800)))))
-    odd = (q & 1) == 1
-    r = r * _F(np.int32(1) - (q & np.int32(2)))
-    return r * (-s if odd else c), r * (c if odd else s)
+    m = _F(1.0) + _F(np.int32((low << sh) >> _S41)) * _EPS23
+    return _box_muller(_F(np.int32(lz)), m, np.int32(z >> _S40))
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:

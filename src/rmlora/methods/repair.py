@@ -194,14 +194,14 @@ def plot_sweep(sweeps: dict, path: str | Path, title: str) -> Path:
             ax.plot([x] * len(row), [100.0 * a for a in row], "o", color=colour, alpha=0.25, markersize=3, zorder=1)
         ax.errorbar(lv, mean, yerr=std, fmt="-o", color=colour, ecolor="black", capsize=4, linewidth=1.8,
                     markersize=5, zorder=2,
-                    label=f"{label + ': ' if label else ''}mean ± std over {len(sweep['acc'][0])} chips")
+                    label=f"{label + ', ' if label else ''}mean ± std, {len(sweep['acc'][0])} chips")
         lows += [100.0 * min(r) for r in sweep["acc"]] + [m - s for m, s in zip(mean, std)]
     ax.set_xlabel("programming noise σ (µS)")
     ax.set_ylabel("test accuracy (%) (dots: single chips)")
     ax.set_title(title)
     ax.set_ylim(max(0.0, min(lows) - 5.0), 101.0)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -174,7 +174,7 @@ class SpeakerWorkload(ClassificationWorkload):
         other = noise_sweep(ctx.pretrain_float(not ctx.hardware_aware), test, st.sweep_levels, st.sweep_draws,
                             seed=ctx.seed, calibration=train[0])
         plain, hwa = (other, sweep) if ctx.hardware_aware else (sweep, other)
-        plot_sweep({"plain pretraining": plain, f"hardware-aware pretraining ({ctx.chip_config.preset} noise)": hwa},
+        plot_sweep({"plain pretraining": plain, f"hardware-aware ({ctx.chip_config.preset} noise)": hwa},
                    ctx.out / "noise_sweep.png", f"accuracy vs programming noise ({sweep['draws']} chips per level)")
         a = ctx.adapter
         res = repair_experiment(build(), build, ctx.chip_config.preset, train, val, test, st.repair, ctx.seed,
