@@ -21,8 +21,9 @@ import torch
 from rmlora.config import ScenarioConfig
 from rmlora.hardware import deploy, make_chip
 from rmlora.metrics import accuracy
-from rmlora.runinfo import Streams, cpu_info
+from rmlora.runinfo import cpu_info
 from rmlora.scenario import plan_scenario
+from rmlora.scenario.runner import pretrained_seed
 from rmlora.scenario.classification import ColumnView
 
 PERCENTILES = (99.0, 99.9, 99.99, 100.0)
@@ -34,12 +35,8 @@ def sweep(workload: str, data_dir: str | None, seeds: int, chips: int, percentil
     state = plan.states[0]
     acc: dict[float, list[float]] = {q: [] for q in percentiles}
     for seed in range(seeds):
-        streams = Streams(seed)
-        data = w.prepare(plan.ds, plan.order, st, seed, streams.generator("data"))
-        cols = w.initial_columns(state, plan.order)
-        with streams.global_rng("model:pretrain"):
-            model = w.build_model(len(cols), st)
-        w.pretrain(model, data, state.kept, cols, st, streams.seed("train:pretrain"), False, "pretrain")
+        run, model, cols = pretrained_seed(plan, seed)
+        data, streams = run.data, run.streams
         xv, yv = data.xy("val", state.kept, plan.order)
         for q in percentiles:
             for k in range(chips):

@@ -20,8 +20,9 @@ import json
 from rmlora.config import ScenarioConfig
 from rmlora.device import load_preset
 from rmlora.hardware import analog_layers, deploy, make_chip
-from rmlora.runinfo import Streams, cpu_info
+from rmlora.runinfo import cpu_info
 from rmlora.scenario import plan_scenario
+from rmlora.scenario.runner import pretrained_seed
 
 
 def _heal_references(model, chip, p) -> int:
@@ -41,12 +42,8 @@ def ablation(workload: str, configuration: str | None, data_dir: str | None, chi
     plan = plan_scenario(ScenarioConfig(workload=workload, configuration=configuration, data_dir=data_dir,
                                         progress=False))
     w, st, state = plan.workload, plan.settings, plan.states[0]
-    streams = Streams(0)
-    data = w.prepare(plan.ds, plan.order, st, 0, streams.generator("data"))
-    cols = w.initial_columns(state, plan.order)
-    with streams.global_rng("model:pretrain"):
-        model = w.build_model(len(cols), st)
-    w.pretrain(model, data, state.kept, cols, st, streams.seed("train:pretrain"), False, "pretrain")
+    run, model, cols = pretrained_seed(plan, 0)
+    data = run.data
     metric, float_score = w.retention_metric(model, data, state, cols)
     p = load_preset(plan.chip.preset)
     variants = {

@@ -205,7 +205,9 @@ class ChipConfig(ConfigBase):
                             "deployment on training inputs) or per-vector (each input vector scaled by its own "
                             "max |x| before the DAC, ADC ranges frozen)", "calibrated")
     calibration_percentile: float = _help("percentile of |input| and |tile current| over the calibration "
-                                          "inputs that sets the DAC and ADC full scales", 99.9)
+                                          "inputs that sets the DAC and ADC full scales (99.9: checked on "
+                                          "validation data by benchmarks/calibration_percentile.py; 99 clips "
+                                          "too much, 99.9-100 tie)", 99.9)
     bit_serial: bool = _help("bit-serial inputs: the DAC codes applied one two's-complement bit plane at a "
                              "time, shift-and-add after the ADC (dac_bits planes per input vector)", False)
     read_noise: bool = _help("fresh read noise in every MVM, drawn for each input vector", True)

@@ -89,18 +89,19 @@ def calibrate(model: nn.Module, feed: Feed, *, percentile_: float | None = None)
     return out
 
 
+def record(collect: list[torch.Tensor], x: torch.Tensor) -> None:
+    """Keep at most ROWS_PER_CALL input vectors of one call (evenly spaced), MAX_ROWS in all."""
+    have = sum(t.shape[0] for t in collect)
+    if have >= MAX_ROWS:
+        return
+    x = x.detach().reshape(-1, x.shape[-1])
+    if x.shape[0] > ROWS_PER_CALL:
+        x = x[torch.linspace(0, x.shape[0] - 1, ROWS_PER_CALL, device=x.device).long()]
+    collect.append(x[:MAX_ROWS - have].float().cpu())
+
+
 def _sample(calls: list[torch.Tensor]) -> torch.Tensor:
-    """At most ROWS_PER_CALL rows of each call (evenly spaced) and MAX_ROWS in all."""
-    parts, total = [], 0
-    for x in calls:
-        x = x.reshape(-1, x.shape[-1]).float().cpu()
-        if x.shape[0] > ROWS_PER_CALL:
-            x = x[torch.linspace(0, x.shape[0] - 1, ROWS_PER_CALL).long()]
-        parts.append(x[:MAX_ROWS - total])
-        total += parts[-1].shape[0]
-        if total >= MAX_ROWS:
-            break
-    return torch.cat(parts) if parts else torch.zeros(0)
+    return torch.cat(calls) if calls else torch.zeros(0)
 
 
 def _tile_percentile(part: torch.Tensor, width: int, q: float) -> torch.Tensor:

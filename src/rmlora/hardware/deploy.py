@@ -199,6 +199,7 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
     report = report_from(program_layers(swapped, chip), chip, profile)
     if calibrate is not None:
         calibrate_ranges(model, calibrate)
+        report.calibration_examples = getattr(calibrate, "examples", None)
     return report
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from rmlora.costs.counting import ANALOG
 from rmlora.device import kernels, mapping
 from rmlora.errors import RmloraError
+from rmlora.hardware.calibration import record
 from rmlora.hardware.chip import ArrayHandle, Chip, ProgramStats
 from rmlora.hardware.converters import Ranges, adc_sum, dac, levels, vector_scale
 
@@ -129,7 +130,7 @@ class CrossbarCore:
     def forward_currents(self, x: torch.Tensor) -> torch.Tensor:
         """Digitised output (B, out) of one MVM per input vector (see the module docstring)."""
         if self.collect is not None:  # calibrating: record inputs, pass the noise-free product on
-            self.collect.append(x.detach())
+            record(self.collect, x)
             return (x @ self.signed) / self.scale
         chip = self.chip
         if self.needs_ranges and self.ranges is None:

@@ -15,10 +15,7 @@ kept classes; the style workload's validation denoising loss).
 
 from __future__ import annotations
 
-import math
 from typing import Any
-
-import torch
 
 from rmlora.hardware import analog_layers, deploy
 from rmlora.methods import fit
@@ -29,9 +26,11 @@ TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 week": 604800.0, "1 mon
 REPAIR_AT = "1 h"
 
 
-def _age(model, chip, programmed: dict, seconds: float) -> None:
-    chip.load_state_dict(programmed)
-    chip.age(seconds)
+def _age(model, chip, state: dict, seconds: float | None = None) -> None:
+    """Put ``chip`` back into ``state``, let it drift ``seconds`` (None: not at all), re-read the cells."""
+    chip.load_state_dict(state)
+    if seconds is not None:
+        chip.age(seconds)
     for _, m in analog_layers(model):
         m.core.refresh()
 
@@ -72,15 +71,10 @@ def retention(run: Any, float_state: dict, columns: list, state: Any) -> dict[st
         model.eval()
         for t in repaired:
             if t == REPAIR_AT:  # the very chip the adapter was trained on
-                _age(model, chip, at_repair, 0.0)
+                _age(model, chip, at_repair)
             else:
                 _age(model, chip, programmed, TIMES[t])
             repaired[t].append(w.retention_metric(model, run.data, state, columns)[1])
     return {"metric": name, "chips": n_chips, "times_s": TIMES, "repair_at": REPAIR_AT,
             "drift": {"preset": plan.chip.preset}, "plain": plain, "repaired": repaired}
 
-
-def summarise(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (NaN for one value) over chips."""
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else math.nan

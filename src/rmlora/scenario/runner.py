@@ -431,7 +431,6 @@ class _SeedRun:
         feed = w.calibration(self.data, state.kept, cols, st)
         dep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile, calibrate=feed)
         dep.inference = layer_inference(model, feed, feed.examples, plan.profile, plan.chip.adc_bits or 8)
-        dep.calibration_examples = feed.examples
         field_chip = copy.deepcopy(chip)
         full_model = copy.deepcopy(model)
         full_chip = next(m.core.chip for _, m in analog_layers(full_model))
@@ -570,8 +569,7 @@ class _SeedRun:
         extras = w.extras(ctx)
         self.timing["extras"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        kept0 = plan.states[0]
-        ret = retention(self, float_state, w.initial_columns(kept0, plan.order), kept0)
+        ret = retention(self, float_state, cols0, s0)
         self.timing["retention"] = round(time.perf_counter() - t0, 2)
         if self.out is not None:
             self._save(model, full_model, float_state, lanes)
@@ -653,6 +651,19 @@ def forgotten_max(results: list[RequestResult], path: str, metric: str) -> float
 
 
 # --------------------------------------------------------------------------- the scenario
+def pretrained_seed(plan: Plan, seed: int) -> tuple[Any, nn.Module, list]:
+    """One seed's prepared data (``run.data``) and float model pretrained on the learn request's
+    classes with the same random streams as :func:`run_scenario`, and its output columns: for
+    analyses outside a scenario (``benchmarks/``)."""
+    run = _SeedRun(plan, seed, None)
+    state = plan.states[0]
+    run.data = plan.workload.prepare(plan.ds, plan.order, run.st, seed, run.streams.generator("data"))
+    cols = plan.workload.initial_columns(state, plan.order)
+    model = run.build(len(cols), "model:pretrain")
+    run.pretrain(model, state.kept, cols, "train:pretrain", "pretrain (float)")
+    return run, model, cols
+
+
 def run_scenario(cfg: ScenarioConfig, out: str | Path | None = None) -> ScenarioResult:
     """Run ``cfg`` over its seeds; with ``out``, write the run folder (``summary.json``,
     ``report.md``, plots, ``run.json``, ``deletion_ledger.jsonl``, ``weights/``)."""
