@@ -14,6 +14,10 @@ run() {  # run NAME ARGS...: one scenario into docs/NAME
   cp "$runs/$name"/report.md "$runs/$name"/*.png "$runs/$name"/summary.json "docs/$name/"
 }
 python3 benchmarks/calibrate_device.py --plot docs/sigma_curve.png --json > docs/sigma_curve.json
+for w in face speaker; do  # the calibration percentile, on validation data only (README: The chip)
+  python3 benchmarks/calibration_percentile.py --workload "$w" --data-dir "$data" --seeds "$([ $w = face ] && echo 3 || echo 2)" \
+    --json > "docs/calibration_percentile_$w.json"
+done
 run style-demo --workload style &
 style=$!
 run face-demo --workload face --data-dir "$data"
@@ -23,5 +27,5 @@ run speaker-demo --workload speaker --data-dir "$data"
 run speaker-sequence --workload speaker --data-dir "$data" --seeds 1 --requests "forget:jackson,add:yweweler,forget:george,repair,undo:1"
 wait "$style"
 python3 scripts/readme_tables.py README.md docs/face-demo/summary.json
-echo "regenerated docs/sigma_curve.png, docs/face-demo, docs/face-sequence, docs/face-wan2022, docs/speaker-demo," \
+echo "regenerated docs/sigma_curve.png, docs/calibration_percentile_*.json, docs/face-demo, docs/face-sequence, docs/face-wan2022, docs/speaker-demo," \
      "docs/speaker-sequence, docs/style-demo and README.md's tables"
