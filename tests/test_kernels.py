@@ -143,3 +143,33 @@ def test_a_float64_layer_takes_the_eager_path_and_agrees():
     err32, err64 = (y32.double() - exact).abs().max(), (y64 - exact).abs().max()
     assert float((y32.double() - y64).abs().max()) < 0.05 * float(exact.abs().max())
     assert math.isclose(float(err32), float(err64), rel_tol=0.5, abs_tol=1e-3)
+
+
+def test_neighbouring_cells_program_independently():
+    """Every cell's write-verify draws come from its own stream: cells with the same start and
+    target end with uncorrelated errors and pulse counts, neighbours and far cells alike."""
+    n = 200_000
+    p = RRAM
+    g0 = torch.full((n,), float(p.g_min_uS))
+    target = torch.full((n,), 0.5 * (p.g_min_uS + p.g_max_uS))
+    d2d = torch.ones(n)
+    stuck = torch.zeros(n, dtype=torch.int8)
+    res = physics.program(g0, target, d2d, stuck, p, torch.Generator().manual_seed(11))
+    err, pulses = res.error.double().numpy(), res.pulses.double().numpy()
+    assert err.std() > 0 and pulses.std() > 0
+    for lag in (1, 2, 1024, 8192):
+        for v in (err, pulses):
+            assert abs(np.corrcoef(v[:-lag], v[lag:])[0, 1]) < 5 / math.sqrt(n)
+
+
+def test_select_is_a_branch_free_conditional():
+    @nb.njit
+    def run(c, a, b):
+        out = np.empty_like(a)
+        for i in range(a.shape[0]):
+            out[i] = kernels.select(c[i], a[i], b[i])
+        return out
+
+    c = np.array([True, False, True])
+    a, b = np.array([1.0, 2.0, 3.0], np.float32), np.array([-1.0, -2.0, -3.0], np.float32)
+    assert run(c, a, b).tolist() == [1.0, -2.0, 3.0]

@@ -5,15 +5,21 @@ Twister (about 5 ns a draw here) and an eager write-verify loop runs a dozen
 tensor passes per pulse; both bounded the simulator (docs/benchmarks.md).
 Other devices (CUDA) keep the eager torch paths in the callers.
 
-Randomness is counter-based: every cell (write-verify) or block of
-``BLOCK`` cells (reads) owns a stream that depends only on a 64-bit seed and
-its index, so results do not depend on the number of threads. Draws are
-SplitMix64 hashes (Steele, Lea & Flood, OOPSLA 2014) of (stream, counter);
-normals come in pairs from the Box-Muller transform, with U = m·2^-(1+G)
-(m uniform in [1, 2) on 23 bits, G geometric from the leading zeros of 40
-bits, so tails reach 7.5 σ) and branch-free polynomials for ln m (atanh
-series, |error| < 1e-9) and for sin/cos on a quarter turn (Taylor, < 2e-9),
-so that the loops vectorise. Callers draw the seed from a
+Randomness is counter-based: every cell (write-verify), block of ``BLOCK``
+cells (reads) or input vector (the ADC's read noise) owns a stream that
+depends only on a 64-bit seed and its index, so results do not depend on the
+number of threads. A stream is three 32-bit words (ka, kb, w) from SplitMix64
+(Steele, Lea & Flood, OOPSLA 2014) of (seed, index); draw n of the stream
+hashes ka + n·w and kb + n·w (w odd, so each stream walks its own Weyl
+sequence) with Wellons' two-multiply ``lowbias32`` integer hash. The hashing
+is done in 32-bit lanes through an LLVM intrinsic: numba widens small
+integers to 64 bits, which AVX2 (no 64-bit vector multiply) cannot
+vectorise. Normals come in pairs from the Box-Muller transform with
+U = f·2^-31 (f the first hash, 31 bits, as float32: 24 significant bits at
+every scale, so tails reach 6.6 σ) and the angle from the second hash's top
+24 bits; ln of U's mantissa (atanh series, |error| < 1e-9) and sin/cos on a
+quarter turn (Taylor, < 2e-9) are branch-free polynomials, so the loops
+vectorise on AVX2 and AVX-512 alike. Callers draw the seed from a
 ``torch.Generator`` (:func:`draw_seed`), so ``torch.manual_seed`` and a
 chip's seed keep every run reproducible.
 """
@@ -25,7 +31,9 @@ import math
 import numba as nb
 import numpy as np
 import torch
-from numba.cpython.unsafe.numbers import leading_zeros
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from rmlora.threads import limit_threads
 
@@ -34,11 +42,11 @@ BLOCK = 8192  # cells per stream of a read: the unit of parallel work
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_S27, _S30, _S31, _S40, _S41 = (np.uint64(k) for k in (27, 30, 31, 40, 41))
-_LOW40 = np.uint64((1 << 40) - 1)
+_S27, _S30, _S31, _S32 = (np.uint64(k) for k in (27, 30, 31, 32))
+_LOW32 = np.uint64(0xFFFFFFFF)
 _F = np.float32
 _LN2, _SQRT2, _HALF_PI = _F(math.log(2.0)), _F(math.sqrt(2.0)), _F(math.pi / 2)
-_EPS23, _EPS24 = _F(2.0 ** -23), _F(2.0 ** -24)
+_TURN = _F(2.0 ** -22)  # an angle of 2^24 steps to quarter turns
 # Compile options: no NaN/inf/signed-zero checks and no zero-division checks, so the loops
 # vectorise; IEEE rounding is kept (no contraction or reassociation), so a cell's result does
 # not depend on whether it went through a vector or a scalar code path.
@@ -58,52 +66,94 @@ def _stream(seed, index):
     return _mix(np.uint64(seed) ^ _mix(np.uint64(index) * _GAMMA + _GAMMA))
 
 
+@nb.njit(inline="always")
+def stream_keys(seed, index):
+    """The three uint32 words (ka, kb, w) of stream ``index`` under ``seed`` (w odd)."""
+    z = _stream(seed, index)
+    return (np.uint32(z & _LOW32), np.uint32(z >> _S32),
+            np.uint32((_mix(z + _GAMMA) & _LOW32) | np.uint64(1)))
+
+
+_I32, _F32 = ir.IntType(32), ir.FloatType()
+
+
+def _c(k: int) -> ir.Constant:
+    return ir.Constant(_I32, k - (1 << 32) if k >= 1 << 31 else k)
+
+
+@intrinsic
+def select(typingctx, c, a, b):
+    """``a if c else b`` as one LLVM ``select``: no branch, so loops that use it vectorise (a
+    Python conditional becomes control flow that LLVM turns into masked loads and stores)."""
+    if not isinstance(c, types.Boolean) or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+    return a(c, a, b), codegen
+
+
+def _lowbias32(b: ir.IRBuilder, v):
+    """Wellons' lowbias32 integer hash (github.com/skeeto/hash-prospector) on an i32."""
+    v = b.xor(v, b.lshr(v, _c(16)))
+    v = b.mul(v, _c(0x7FEB352D))
+    v = b.xor(v, b.lshr(v, _c(15)))
+    v = b.mul(v, _c(0x846CA68B))
+    return b.xor(v, b.lshr(v, _c(16)))
+
+
+@intrinsic
+def _uniform_parts(typingctx, ka, kb, w, n):
+    """Draw ``n`` of stream (ka, kb, w) as float32 (k, m, a): U = m·2^-k in (0, 1] with m in
+    [1, 2), and the angle a·2^-24 of a turn (a an integer below 2^24). All integer work in i32."""
+    u32 = types.uint32
+    sig = types.UniTuple(types.float32, 3)(u32, u32, u32, u32)
+
+    def codegen(context, b, signature, args):
+        ka, kb, w, n = args
+        step = b.mul(n, w)
+        u1 = _lowbias32(b, b.add(ka, step))
+        u2 = _lowbias32(b, b.add(kb, step))
+        f = b.sitofp(b.or_(b.lshr(u1, _c(1)), _c(1)), _F32)  # 1 .. 2^31, rounded to 24 bits
+        bits = b.bitcast(f, _I32)
+        k = b.sitofp(b.sub(_c(31 + 127), b.lshr(bits, _c(23))), _F32)  # 31 - floor(log2 f)
+        m = b.bitcast(b.or_(b.and_(bits, _c(0x7FFFFF)), _c(0x3F800000)), _F32)
+        a = b.sitofp(b.lshr(u2, _c(8)), _F32)
+        return context.make_tuple(b, signature.return_type, [k, m, a])
+    return sig, codegen
+
+
 @nb.njit(inline="always", **FAST)
-def _box_muller(g, m, angle):
-    """The normal pair of U = m·2^-(1+g) (m in [1, 2) from 23 bits, g the leading zeros of the
-    exponent bits) and of the angle ``angle``·2^-24 of a turn (``angle`` < 2^24, int32)."""
+def _box_muller(k, m, a):
+    """The normal pair of U = m·2^-k (m in [1, 2)) and the angle a·2^-24 of a turn, in float
+    operations only (selects, no integer casts), so that it vectorises."""
     big = m > _SQRT2
     m = m * _F(0.5) if big else m  # m in [0.71, 1.41): ln m = 2 atanh((m-1)/(m+1))
-    g = g + (_F(0.0) if big else _F(1.0))
+    k = k - (_F(1.0) if big else _F(0.0))
     t = (m - _F(1.0)) / (m + _F(1.0))
     t2 = t * t
     ln_m = _F(2.0) * t * (_F(1.0) + t2 * (_F(1 / 3) + t2 * (_F(1 / 5) + t2 * (_F(1 / 7) + t2 * _F(1 / 9)))))
-    r = math.sqrt(_F(2.0) * (g * _LN2 - ln_m))
-    # angle 2*pi*u = quadrant * pi/2 + a, |a| <= pi/4
-    q4 = _F(angle) * _EPS24 * _F(4.0)
-    q = np.int32(q4 + _F(0.5))
-    a = (q4 - _F(q)) * _HALF_PI
-    a2 = a * a
-    s = a * (_F(1.0) - a2 * (_F(1 / 6) - a2 * (_F(1 / 120) - a2 * (_F(1 / 5040) - a2 * _F(1 / 362880)))))
-    c = _F(1.0) - a2 * (_F(0.5) - a2 * (_F(1 / 24) - a2 * (_F(1 / 720) - a2 * (_F(1 / 40320)
-                                                                            - a2 * _F(1 / 3628800)))))
-    odd = (q & 1) == 1  # one select per quadrant bit (a chain of them stops vectorisation)
-    r = r * _F(np.int32(1) - (q & np.int32(2)))
+    r = math.sqrt(max(_F(2.0) * (k * _LN2 - ln_m), _F(0.0)))
+    # angle 2*pi*u = quadrant * pi/2 + x, |x| <= pi/4
+    q4 = a * _TURN
+    q = np.floor(q4 + _F(0.5))
+    x = (q4 - q) * _HALF_PI
+    x2 = x * x
+    s = x * (_F(1.0) - x2 * (_F(1 / 6) - x2 * (_F(1 / 120) - x2 * (_F(1 / 5040) - x2 * _F(1 / 362880)))))
+    c = _F(1.0) - x2 * (_F(0.5) - x2 * (_F(1 / 24) - x2 * (_F(1 / 720) - x2 * (_F(1 / 40320)
+                                                                            - x2 * _F(1 / 3628800)))))
+    h = np.floor(q * _F(0.5))
+    odd = q - _F(2.0) * h > _F(0.5)  # quadrant bit 0
+    neg = h - _F(2.0) * np.floor(h * _F(0.5)) > _F(0.5)  # quadrant bit 1
+    r = -r if neg else r
     return r * (-s if odd else c), r * (c if odd else s)
 
 
 @nb.njit(inline="always", **FAST)
-def _normal_pair(key, k):
-    """Draw pair ``k`` of stream ``key``: two independent standard normals (float32), from two
-    hashes (U's exponent and the angle from the first, its mantissa from the second)."""
-    z1 = _mix(key + np.uint64(2 * k + 1) * _GAMMA)
-    z2 = _mix(key + np.uint64(2 * k + 2) * _GAMMA)
-    g = _F(np.int32(leading_zeros(z1 & _LOW40) - 24))  # int32 → float converts in one instruction
-    m = _F(1.0) + _F(np.int32(z2 >> _S41)) * _EPS23
-    return _box_muller(g, m, np.int32(z1 >> _S40))
-
-
-@nb.njit(inline="always", **FAST)
-def normal_pair_1h(key, k):
-    """Pair ``k`` of stream ``key`` from one hash: the angle from its top 24 bits, the radius
-    from its low 40 (U = m·2^-(1+G), G the leading zeros, m the 23 bits after the leading one),
-    so tails reach 7.4 σ. Half the hashing of :func:`_normal_pair`, for the read noise of MVMs."""
-    z = _mix(key + np.uint64(k + 1) * _GAMMA)
-    low = (z & _LOW40) | np.uint64(1)
-    lz = leading_zeros(low) - 24  # 0..39
-    sh = np.uint64(min(lz + 25, 63))
-    m = _F(1.0) + _F(np.int32((low << sh) >> _S41)) * _EPS23
-    return _box_muller(_F(np.int32(lz)), m, np.int32(z >> _S40))
+def normal_pair(ka, kb, w, n):
+    """Pair ``n`` (uint32) of stream (ka, kb, w): two independent standard normals (float32)."""
+    k, m, a = _uniform_parts(ka, kb, w, n)
+    return _box_muller(k, m, a)
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
@@ -112,14 +162,14 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
 
 
 @nb.njit(inline="always", **FAST)
-def _read_block(key, mean, sigma, out):
+def _read_block(ka, kb, w, mean, sigma, out):
     h = mean.shape[0] // 2
     for k in range(h):
-        x, y = _normal_pair(key, k)
+        x, y = normal_pair(ka, kb, w, np.uint32(k))
         out[k] = mean[k] + sigma[k] * x
         out[h + k] = mean[h + k] + sigma[h + k] * y
     if mean.shape[0] % 2:
-        x, _ = _normal_pair(key, h)
+        x, _ = normal_pair(ka, kb, w, np.uint32(h))
         out[2 * h] = mean[2 * h] + sigma[2 * h] * x
 
 
@@ -129,7 +179,8 @@ def _read_kernel(mean, sigma, seed, out):
     for b in nb.prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
         hi = min(n, lo + BLOCK)
-        _read_block(_stream(seed, b), mean[lo:hi], sigma[lo:hi], out[lo:hi])
+        ka, kb, w = stream_keys(seed, b)
+        _read_block(ka, kb, w, mean[lo:hi], sigma[lo:hi], out[lo:hi])
 
 
 def read_sample(mean: np.ndarray, sigma: np.ndarray, seed: int, out: np.ndarray) -> None:
@@ -155,109 +206,165 @@ def _exp(y):
 
 
 WV_BLOCK = 1024  # cells per block of work; the cells still stepping are compacted as others finish
+# Per-cell state of a block lives in one flat float32 array, one field every WV_BLOCK values, so
+# that LLVM sees constant distances between the fields; each iteration reads one such array and
+# writes the other (no conditional stores), and all choices are selects: the stepping loop then
+# vectorises on AVX2 as on AVX-512.
+_G, _T, _GAIN, _FREE, _RUN, _PASS, _SP, _RP, _VR, _ACT, _CONV = (k * WV_BLOCK for k in range(11))
+_FIELDS = 11
+_ONE, _ZERO = _F(1.0), _F(0.0)
+
+
+@nb.njit(**FAST)
+def _wv_step(s, d, ks, mm, it, q):
+    """One verify-and-pulse iteration of the cells at places [0, mm): state ``s`` → ``d``.
+
+    ``q`` (float32): tolerance, passes required, pulse cap, SET/RESET start, step, max and
+    threshold voltages, SET/RESET gains, c2c σ, read noise (abs, rel), window floor and ceiling.
+    """
+    tol, req, cap, v_set0, v_reset0, v_step, v_set_max, v_reset_max = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
+    v_set_th, v_reset_th, set_gain, reset_gain, c2c, rn_abs, rn_rel = q[8], q[9], q[10], q[11], q[12], q[13], q[14]
+    floor, ceil = q[15], q[16]
+    n = np.uint32(it)
+    for c in range(mm):
+        x_read, x_c2c = normal_pair(ks[c], ks[WV_BLOCK + c], ks[2 * WV_BLOCK + c], n)
+        a = s[_ACT + c] > _ZERO
+        gc, t, runs, gain, free = s[_G + c], s[_T + c], s[_RUN + c], s[_GAIN + c], s[_FREE + c]
+        passes, sp, rp, vr, conv = s[_PASS + c], s[_SP + c], s[_RP + c], s[_VR + c], s[_CONV + c]
+        diff = t - (gc + (rn_abs + rn_rel * gc) * x_read)  # verify read
+        ok = abs(diff) <= tol
+        p_new = select(ok, passes + _ONE, _ZERO)
+        done = p_new >= req
+        spent = sp + rp >= cap
+        pulse = a & ~ok & ~spent
+        up = diff > _ZERO
+        # incremental step pulses: the amplitude grows while pulses keep the same polarity
+        r_new = select(up, select(runs > _ZERO, runs + _ONE, _ONE), select(runs < _ZERO, runs - _ONE, -_ONE))
+        k = abs(r_new) - _ONE
+        v_set = min(v_set0 + v_step * k, v_set_max)
+        v_reset = min(v_reset0 + v_step * k, v_reset_max)
+        step = select(up, set_gain * (v_set - v_set_th) * (ceil - gc), -reset_gain * (v_reset - v_reset_th) * (gc - floor))
+        moved = min(max(gc + step * gain * _exp(c2c * x_c2c), floor), ceil)
+        d[_G + c] = select(pulse & (free > _ZERO), moved, gc)
+        d[_T + c], d[_GAIN + c], d[_FREE + c] = t, gain, free
+        d[_RUN + c] = select(pulse, r_new, runs)
+        d[_SP + c] = sp + select(pulse & up, _ONE, _ZERO)
+        d[_RP + c] = rp + select(pulse & ~up, _ONE, _ZERO)
+        d[_VR + c] = vr + select(a, _ONE, _ZERO)
+        d[_PASS + c] = select(a, p_new, passes)
+        d[_CONV + c] = select(a & done, _ONE, conv)
+        d[_ACT + c] = select(a & ~done & ~spent, _ONE, _ZERO)
+
+
+@nb.njit(inline="always")
+def _retire(st, c, origin, out):
+    """Copy the finished cell at place ``c`` of ``st`` to place ``origin`` of ``out`` (g, SET,
+    RESET, verify reads, converged)."""
+    out[origin] = st[_G + c]
+    out[WV_BLOCK + origin] = st[_SP + c]
+    out[2 * WV_BLOCK + origin] = st[_RP + c]
+    out[3 * WV_BLOCK + origin] = st[_VR + c]
+    out[4 * WV_BLOCK + origin] = st[_CONV + c]
+
+
+@nb.njit(fastmath={"nnan", "ninf", "nsz", "reassoc"}, error_model="numpy")
+def _count_active(s, mm):
+    """Cells still stepping among places [0, mm) (a sum of 0/1 flags: exact in any order)."""
+    n = _F(0.0)
+    for c in range(mm):
+        n += s[_ACT + c]
+    return int(n)
+
+
+@nb.njit(**FAST)
+def _compact(s, d, ks, pos, dst, mm, fin):
+    """Move the cells still stepping to the front, from ``s`` into ``d`` (keys and origins in
+    place); retire the finished ones into ``fin``. Returns how many still step."""
+    j = 0
+    for c in range(mm):  # in order, so a finished cell's slot is taken by the next stepping one
+        dst[c] = j
+        if s[_ACT + c] > 0:
+            j += 1
+        else:
+            _retire(s, c, pos[c], fin)
+    for f in range(_FIELDS):
+        base = f * WV_BLOCK
+        for c in range(mm):
+            d[base + dst[c]] = s[base + c]
+    for f in range(3):
+        base = f * WV_BLOCK
+        for c in range(mm):
+            ks[base + dst[c]] = ks[base + c]
+    for c in range(mm):
+        pos[dst[c]] = pos[c]
+    return j
+
+
+@nb.njit(**FAST)
+def _wv_init(s, ks, relax, g0, target, d2d, stuck, seed, lo, last, inv_span):
+    """Fill a block's state for the cells lo, lo+1, ...: keys, the relaxation draw (the stream's
+    draw ``last``, after the last iteration), conductance, target, gain, free and active flags
+    (separate simple loops, so that each vectorises)."""
+    m = target.shape[0]
+    for c in range(m):
+        ks[c], ks[WV_BLOCK + c], ks[2 * WV_BLOCK + c] = stream_keys(seed, lo + c)
+    for c in range(m):
+        relax[c], _ = normal_pair(ks[c], ks[WV_BLOCK + c], ks[2 * WV_BLOCK + c], last)
+    for c in range(m):
+        s[_G + c], s[_T + c], s[_GAIN + c] = g0[c], target[c], d2d[c] * inv_span
+        s[_FREE + c] = select(stuck[c] == 0, _ONE, _ZERO)
+        s[_ACT + c] = _ONE
 
 
 @nb.njit(parallel=True, cache=True, **FAST)
-def _program_kernel(g0, target, d2d, stuck, seed, exact, tol, max_pulses, passes_req,
-                    v_set0, v_reset0, v_step, v_set_max, v_reset_max, v_set_th, v_reset_th,
-                    set_gain, reset_gain, c2c, rn_abs, rn_rel, floor, ceil, relax_floor, relax_iter,
-                    poly, poly_g, out_g, out_sp, out_rp, out_vr, out_cv):
+def _program_kernel(g0, target, d2d, stuck, seed, exact, iters, q, relax_floor, relax_iter, poly, poly_g,
+                    out_g, out_sp, out_rp, out_vr, out_cv):
     n = target.shape[0]
     f32 = np.float32
-    tol, v_set0, v_reset0, v_step = f32(tol), f32(v_set0), f32(v_reset0), f32(v_step)
-    v_set_max, v_reset_max, v_set_th, v_reset_th = f32(v_set_max), f32(v_reset_max), f32(v_set_th), f32(v_reset_th)
-    set_gain, reset_gain, c2c, rn_abs, rn_rel = f32(set_gain), f32(reset_gain), f32(c2c), f32(rn_abs), f32(rn_rel)
-    floor, ceil, relax_floor, relax_iter = f32(floor), f32(ceil), f32(relax_floor), f32(relax_iter)
+    tol, floor, ceil = q[0], q[15], q[16]
     inv_span = f32(1.0) / (ceil - floor)
-    req, cap = f32(passes_req), f32(max_pulses)
-    iters = 0 if exact else max_pulses + passes_req  # verify-and-pulse iterations at most
     for blk in nb.prange((n + WV_BLOCK - 1) // WV_BLOCK):
         lo = blk * WV_BLOCK
         m = min(n, lo + WV_BLOCK) - lo
-        # per-cell state as float32 vectors (0/1 flags), stepped in lockstep; fixed-size
-        # scratch, so numba's hoisting of these allocations out of the loop stays exact
-        keys = np.empty(WV_BLOCK, np.uint64)
-        g, t, gain, free = np.empty(WV_BLOCK, f32), np.empty(WV_BLOCK, f32), np.empty(WV_BLOCK, f32), \
-            np.empty(WV_BLOCK, f32)
-        run, passes, sp, rp = np.zeros(WV_BLOCK, f32), np.zeros(WV_BLOCK, f32), np.zeros(WV_BLOCK, f32), \
-            np.zeros(WV_BLOCK, f32)
-        vr, act, conv = np.zeros(WV_BLOCK, f32), np.ones(WV_BLOCK, f32), np.zeros(WV_BLOCK, f32)
-        for c in range(m):
-            keys[c] = _stream(seed, lo + c)
-            g[c], t[c] = g0[lo + c], target[lo + c]
-            gain[c] = d2d[lo + c] * inv_span
-            free[c] = f32(1.0) if stuck[lo + c] == 0 else f32(0.0)
+        # fixed-size scratch, so numba's hoisting of these allocations out of the loop stays exact
+        s, d = np.zeros(_FIELDS * WV_BLOCK, f32), np.zeros(_FIELDS * WV_BLOCK, f32)
+        ks = np.empty(3 * WV_BLOCK, np.uint32)  # each cell's stream keys (ka, kb, w)
+        pos = np.arange(WV_BLOCK)  # where the cell at each place came from
+        relax = np.empty(WV_BLOCK, f32)  # each cell's relaxation draw, by origin
+        fin = np.empty(5 * WV_BLOCK, f32)  # finished cells by origin: g, SET, RESET, verify reads, converged
+        _wv_init(s, ks, relax, g0[lo:lo + m], target[lo:lo + m], d2d[lo:lo + m], stuck[lo:lo + m], seed, lo,
+                 np.uint32(iters), inv_span)
         if exact:  # written exactly: no pulses, no verify reads
             for c in range(m):
-                g[c] = t[c] if free[c] > 0 else g[c]
-                conv[c] = f32(1.0) if abs(g[c] - t[c]) <= max(tol, f32(1e-6)) else f32(0.0)
-        # cells still stepping sit at the front, [0, mm); the loop compacts them when a quarter
-        # has finished, so late iterations skip finished cells. A cell's draws depend only on its
-        # key and the iteration, so compaction does not change any result.
+                g = s[_T + c] if s[_FREE + c] > 0 else s[_G + c]
+                s[_G + c] = g
+                s[_CONV + c] = f32(1.0) if abs(g - s[_T + c]) <= max(tol, f32(1e-6)) else f32(0.0)
+        # cells still stepping sit at the front, [0, mm); they are compacted when an eighth has
+        # finished, so late iterations skip finished cells. A cell's draws depend only on its
+        # keys and the iteration, so compaction does not change any result.
         mm = m
-        pos = np.arange(WV_BLOCK)
-        fg, fsp, frp, fvr, fcv = np.empty(WV_BLOCK, f32), np.empty(WV_BLOCK, f32), np.empty(WV_BLOCK, f32), \
-            np.empty(WV_BLOCK, f32), np.empty(WV_BLOCK, f32)
+        dst = np.empty(WV_BLOCK, np.int64)
         for it in range(iters):
-            left = 0
-            for c in range(mm):
-                x_read, x_c2c = _normal_pair(keys[c], it)
-                a = act[c] > 0
-                gc = g[c]
-                diff = t[c] - (gc + (rn_abs + rn_rel * gc) * x_read)  # verify read
-                ok = abs(diff) <= tol
-                p_new = passes[c] + f32(1.0) if ok else f32(0.0)
-                done = p_new >= req
-                spent = sp[c] + rp[c] >= cap
-                pulse = a and not ok and not spent
-                up = diff > 0
-                r = run[c]
-                r_up = r + f32(1.0) if r > 0 else f32(1.0)
-                r_down = r - f32(1.0) if r < 0 else f32(-1.0)
-                r_new = r_up if up else r_down
-                k = abs(r_new) - f32(1.0)
-                v_set = min(v_set0 + v_step * k, v_set_max)
-                v_reset = min(v_reset0 + v_step * k, v_reset_max)
-                step = set_gain * (v_set - v_set_th) * (ceil - gc) if up else \
-                    -reset_gain * (v_reset - v_reset_th) * (gc - floor)
-                moved = min(max(gc + step * gain[c] * _exp(c2c * x_c2c), floor), ceil)
-                g[c] = moved if (pulse and free[c] > 0) else gc
-                run[c] = r_new if pulse else r
-                sp[c] += f32(1.0) if (pulse and up) else f32(0.0)
-                rp[c] += f32(1.0) if (pulse and not up) else f32(0.0)
-                vr[c] += f32(1.0) if a else f32(0.0)
-                passes[c] = p_new if a else passes[c]
-                conv[c] = f32(1.0) if (a and done) else conv[c]
-                still = a and not done and not spent
-                act[c] = f32(1.0) if still else f32(0.0)
-                left += 1 if still else 0
+            _wv_step(s, d, ks, mm, it, q)
+            s, d = d, s
+            left = _count_active(s, mm)
             if left == 0:
                 break
-            if 8 * left < 7 * mm:
-                j = 0
-                for c in range(mm):
-                    if act[c] > 0:
-                        keys[j], g[j], t[j], gain[j], free[j] = keys[c], g[c], t[c], gain[c], free[c]
-                        run[j], passes[j], sp[j], rp[j], vr[j] = run[c], passes[c], sp[c], rp[c], vr[c]
-                        act[j], conv[j], pos[j] = act[c], conv[c], pos[c]
-                        j += 1
-                    else:
-                        q = pos[c]
-                        fg[q], fsp[q], frp[q], fvr[q], fcv[q] = g[c], sp[c], rp[c], vr[c], conv[c]
-                mm = j
+            if 4 * left < 3 * mm:  # a quarter finished (measured: cheaper than an eighth or a half)
+                mm = _compact(s, d, ks, pos, dst, mm, fin)
+                s, d = d, s
         for c in range(mm):
-            q = pos[c]
-            fg[q], fsp[q], frp[q], fvr[q], fcv[q] = g[c], sp[c], rp[c], vr[c], conv[c]
+            _retire(s, c, pos[c], fin)
         for c in range(m):
-            gc = fg[c]
+            gc = fin[c]
             if stuck[lo + c] == 0:  # relaxation right after programming: spread shrinking with verify reads
-                x, _ = _normal_pair(_stream(seed, lo + c), iters)
                 u = target[lo + c] / poly_g
                 spread = poly[0] + u * (poly[1] + u * (poly[2] + u * (poly[3] + u * poly[4])))
-                gc += (relax_floor + relax_iter / math.sqrt(max(fvr[c], f32(1.0))) + spread) * x
+                reads = max(fin[3 * WV_BLOCK + c], f32(1.0))
+                gc += (relax_floor + relax_iter / math.sqrt(reads) + spread) * relax[c]
             out_g[lo + c] = min(max(gc, floor), ceil)
-            out_sp[lo + c], out_rp[lo + c], out_vr[lo + c] = fsp[c], frp[c], fvr[c]
-            out_cv[lo + c] = fcv[c] > 0
+            out_sp[lo + c], out_rp[lo + c] = fin[WV_BLOCK + c], fin[2 * WV_BLOCK + c]
+            out_vr[lo + c], out_cv[lo + c] = fin[3 * WV_BLOCK + c], fin[4 * WV_BLOCK + c] > 0
 
 
 def program_cells(g0: np.ndarray, target: np.ndarray, d2d: np.ndarray, stuck: np.ndarray, p, seed: int
@@ -272,10 +379,12 @@ def program_cells(g0: np.ndarray, target: np.ndarray, d2d: np.ndarray, stuck: np
     sp, rp, vr = (np.empty(n, np.int16) for _ in range(3))
     cv = np.empty(n, np.bool_)
     with limit_threads():  # numba's pool on torch's thread count
-        _program_kernel(g0, target, d2d, stuck, seed, p.programming == "exact", p.tolerance_uS, p.max_pulses,
-                        p.passes_required, p.v_set_start_V, p.v_reset_start_V, p.v_step_V, p.v_set_max_V,
-                        p.v_reset_max_V, p.v_set_threshold_V, p.v_reset_threshold_V, p.set_gain_uS_per_V,
-                        p.reset_gain_uS_per_V, p.c2c_sigma, p.read_noise_abs_uS, p.read_noise_rel, p.g_floor_uS,
-                        p.g_ceil_uS, p.relax_sigma_floor_uS, p.relax_sigma_iter_uS,
-                        np.array(p.relax_poly, np.float32), np.float32(p.relax_poly_g_uS), g, sp, rp, vr, cv)
+        q = np.array([p.tolerance_uS, p.passes_required, p.max_pulses, p.v_set_start_V, p.v_reset_start_V,
+                      p.v_step_V, p.v_set_max_V, p.v_reset_max_V, p.v_set_threshold_V, p.v_reset_threshold_V,
+                      p.set_gain_uS_per_V, p.reset_gain_uS_per_V, p.c2c_sigma, p.read_noise_abs_uS,
+                      p.read_noise_rel, p.g_floor_uS, p.g_ceil_uS], np.float32)
+        iters = 0 if p.programming == "exact" else p.max_pulses + p.passes_required  # iterations at most
+        _program_kernel(g0, target, d2d, stuck, seed, p.programming == "exact", iters, q, p.relax_sigma_floor_uS,
+                        p.relax_sigma_iter_uS, np.array(p.relax_poly, np.float32), np.float32(p.relax_poly_g_uS),
+                        g, sp, rp, vr, cv)
     return g, sp, rp, vr, cv

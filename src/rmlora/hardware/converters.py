@@ -35,7 +35,7 @@ import numba as nb
 import numpy as np
 import torch
 
-from rmlora.device.kernels import FAST, _stream, normal_pair_1h
+from rmlora.device.kernels import FAST, normal_pair, select, stream_keys
 from rmlora.errors import RmloraError
 from rmlora.threads import limit_threads
 
@@ -181,11 +181,11 @@ def adc_sum(part: torch.Tensor, width: int, bits: int | None, full_scale: torch.
 
 
 @nb.njit(inline="always", **FAST)
-def _normals(key, base, z):
-    """Fill ``z`` (even length) with the normals of pairs base, base+1, ... of stream ``key``."""
+def _normals(ka, kb, w, base, z):
+    """Fill ``z`` (even length) with the normals of pairs base, base+1, ... of stream (ka, kb, w)."""
     h = z.shape[0] // 2
     for k in range(h):
-        a, b = normal_pair_1h(key, base + k)
+        a, b = normal_pair(ka, kb, w, np.uint32(base + k))
         z[k] = a
         z[h + k] = b
 
@@ -210,10 +210,12 @@ def _shift(v, d):
 
 @nb.njit(inline="always", **FAST)
 def _digitise(v, inv, step, n_levels, acc, clip):
-    """acc += codes of v (per-column 1/step and step) times step; clip[j] += 1 where v clipped."""
+    """acc += codes of v (per-column 1/step and step) times step; clip[j] += 1 where v clipped
+    (float32 counts: exact below 2^24 row tiles)."""
+    one, zero = np.float32(1.0), np.float32(0.0)
     for j in range(v.shape[0]):
         code = np.floor(v[j] * inv[j] + np.float32(0.5))
-        clip[j] += np.int32(1) if abs(code) > n_levels else np.int32(0)
+        clip[j] += select(abs(code) > n_levels, one, zero)
         acc[j] += min(max(code, -n_levels), n_levels) * step[j]
 
 
@@ -239,16 +241,16 @@ def _adc_kernel(part, width, fs, n_levels, quant, gain, row_std, full_std, ref_s
     inv = np.float32(1.0) / step
     clipped = np.zeros(b, np.int64)
     for i in nb.prange(b):
-        key = _stream(seed, i)
+        ka, kb, kw = stream_keys(seed, i)
         acc = np.zeros(out, np.float32)
         v = np.empty(out, np.float32)
         z = np.zeros(2 * half, np.float32)
         zr = np.zeros(2 * n_ref, np.float32)
-        clip = np.zeros(out, np.int32)
+        clip = np.zeros(out, np.float32)
         for t in range(n_rt):
             base = t * per_tile
             if noisy:
-                _normals(key, base, z)
+                _normals(ka, kb, kw, base, z)
                 if has_full:
                     _add_each(v, part[t, i], full_std[t, i], z[:out])
                 else:
@@ -256,7 +258,7 @@ def _adc_kernel(part, width, fs, n_levels, quant, gain, row_std, full_std, ref_s
             else:
                 v[:] = part[t, i]
             if has_ref:
-                _normals(key, base + half, zr)
+                _normals(ka, kb, kw, base + half, zr)
                 for ct in range(n_ct):
                     _shift(v[ct * width:min(out, (ct + 1) * width)], ref_std[t, i, ct] * zr[ct])
             if quant:
@@ -265,5 +267,5 @@ def _adc_kernel(part, width, fs, n_levels, quant, gain, row_std, full_std, ref_s
                 _accumulate(v, acc)
         for j in range(out):
             y[i, j] = acc[j] * gain[j]
-        clipped[i] = clip.sum()
+        clipped[i] = int(clip.sum())
     return clipped.sum()
