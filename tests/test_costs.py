@@ -20,8 +20,11 @@ PROF = load_profile("cmos-180nm")
 SET_J, RESET_J, VERIFY_J = 5e-11, 5e-11, 5e-12
 PULSE_S, VERIFY_S = 1e-7, 1e-7
 DAC_J, CELL_J, ADC_FOM = 5e-13, 1.25e-13, 2e-14
-MAC_J = 2.3e-13 * 35  # Horowitz 45 nm INT8 MAC x node scale
-SRAM_BIT_J = 1.5625e-13 * 35
+SCALE = 16.0  # node_energy_scale: C·V² from 45 nm / 0.9 V to 180 nm / 1.8 V
+MAC_J = (2e-13 + 1e-13) * SCALE  # Horowitz 45 nm: 8-bit multiply + 32-bit add, x node scale = 4.8 pJ
+ADD_J = 1e-13 * SCALE  # a 32-bit accumulate
+SRAM_BIT_J = 1.5625e-13 * SCALE
+LEAK_W = 5e-11 * 1048576 + 1e-5  # SRAM leakage per bit x 128 KiB + the PE array
 CLOCK, PE_MACS, SRAM_BITS_PER_CYCLE = 1e8, 64, 64
 T_TILE = 1e-8 + math.ceil(128 / 16) * 1e-7  # tile read + 8 ADC rounds (16 ADCs for 128 columns)
 
@@ -33,7 +36,10 @@ def approx(x: float):
 def test_profile_constants_are_the_ones_of_the_json():
     assert (PROF.set_pulse_J, PROF.reset_pulse_J, PROF.verify_read_J) == (SET_J, RESET_J, VERIFY_J)
     assert PROF.mac_J == approx(MAC_J)
+    assert PROF.add_J == approx(ADD_J)
     assert PROF.sram_bit_J == approx(SRAM_BIT_J)
+    assert PROF.leakage_W == approx(LEAK_W)
+    assert PROF.ranges["node_energy_scale"] == (16.0, 35.0)
     assert PROF.adc_J(8) == approx(ADC_FOM * 256)  # 5.12 pJ
     assert PROF.adc_J(4) == approx(ADC_FOM * 16)
 
@@ -48,10 +54,11 @@ def test_write_verify_energy_and_time():
     led.add("reset_pulses", 5)
     led.add("verify_reads", 7)
     e = led.energy(PROF)
-    # 10 x 50 pJ + 5 x 50 pJ + 7 x 5 pJ = 785 pJ
+    # 10 x 50 pJ + 5 x 50 pJ + 7 x 5 pJ = 785 pJ, and the digital unit leaks for 2.2 µs
     assert e["write_verify"] == approx(785e-12)
-    assert e["analogue_mvm"] == e["digital"] == e["sram"] == 0
-    assert e["total"] == approx(785e-12)
+    assert e["dac"] == e["adc"] == e["array"] == e["digital"] == e["sram"] == 0
+    assert e["leakage"] == approx(LEAK_W * 2.2e-6)
+    assert e["total"] == approx(785e-12 + LEAK_W * 2.2e-6)
     t = led.time(PROF)
     # (15 pulses x 100 ns + 7 reads x 100 ns) / 1 write driver = 2.2 µs
     assert t["write_verify"] == approx(2.2e-6)
@@ -63,16 +70,20 @@ def test_write_verify_energy_and_time():
 def test_digital_macs_with_node_scaling():
     led = Ledger()
     led.add("digital_macs", 1000)
-    # 1000 x 0.23 pJ x 35 = 8.05 nJ; 1000 MACs / (64 per cycle x 100 MHz) = 156.25 ns
-    assert led.energy(PROF)["digital"] == approx(8.05e-9)
+    # 1000 x 0.3 pJ x 16 = 4.8 nJ; 1000 MACs / (64 per cycle x 100 MHz) = 156.25 ns
+    assert led.energy(PROF)["digital"] == approx(4.8e-9)
     assert led.time(PROF)["digital"] == approx(1.5625e-7)
+    led.add("digital_adds", 640)  # spikes: accumulates only, at 0.1 pJ x 16, on the same PEs
+    assert led.energy(PROF)["digital"] == approx(4.8e-9 + 640 * 1.6e-12)
+    assert led.time(PROF)["digital"] == approx(1640 / 6.4e9)
+    assert led.energy(PROF.replace(node_energy_scale=35.0))["digital"] == approx((1000 * 0.3 + 640 * 0.1) * 35e-12)
 
 
 def test_adc_energy_is_fom_times_2_pow_bits():
     for bits, per_conversion in ((8, 5.12e-12), (4, 3.2e-13), (6, 1.28e-12)):
         led = Ledger(adc_bits=bits)
         led.add("adc_conversions", 100)
-        assert led.energy(PROF)["analogue_mvm"] == approx(100 * per_conversion)
+        assert led.energy(PROF)["adc"] == approx(100 * per_conversion)
 
 
 def test_analogue_and_sram_energy_and_time():
@@ -84,20 +95,20 @@ def test_analogue_and_sram_energy_and_time():
     led.add("sram_read_bits", 640)
     led.add("sram_write_bits", 64)
     e = led.energy(PROF)
-    # 20 x 0.5 pJ + 1000 x 0.125 pJ + 30 x 5.12 pJ = 10 + 125 + 153.6 pJ
-    assert e["analogue_mvm"] == approx(288.6e-12)
-    # 704 bits x 0.15625 pJ x 35
-    assert e["sram"] == approx(704 * 5.46875e-12)
-    assert e["total"] == approx(288.6e-12 + 704 * 5.46875e-12)
+    # 20 x 0.5 pJ, 1000 x 0.125 pJ, 30 x 5.12 pJ
+    assert (e["dac"], e["array"], e["adc"]) == (approx(10e-12), approx(125e-12), approx(153.6e-12))
+    # 704 bits x 0.15625 pJ x 16
+    assert e["sram"] == approx(704 * 2.5e-12)
     t = led.time(PROF)
     # 3 tile MVMs x (10 ns + 8 x 100 ns) on one tile at a time = 2.43 µs
-    assert t["analogue_mvm"] == approx(2.43e-6)
+    assert t["array"] == approx(2.43e-6)
     # 704 bits / (64 bits per cycle x 100 MHz) = 110 ns
     assert t["sram"] == approx(1.1e-7)
     assert t["total"] == approx(2.43e-6 + 1.1e-7)
+    assert e["total"] == approx(288.6e-12 + 704 * 2.5e-12 + LEAK_W * t["total"])
     parallel = dataclasses.replace(PROF, parallel_tiles=3, adcs_per_tile=128)
     # one ADC per column: 10 ns + 100 ns per tile MVM, three tiles at once
-    assert led.time(parallel)["analogue_mvm"] == approx(1.1e-7)
+    assert led.time(parallel)["array"] == approx(1.1e-7)
 
 
 def test_ledger_keys_merge_copy():
@@ -117,8 +128,8 @@ def test_deploy_report_prices_write_verify_with_the_profile():
     model = nn.Sequential(nn.Linear(16, 8))
     report = deploy(model, SimulatedChip("rram-180nm", seed=0))
     assert report.set_pulses > 0 and report.verify_reads > 0
-    expected_J = report.set_pulses * SET_J + report.reset_pulses * RESET_J + report.verify_reads * VERIFY_J
     expected_s = (report.set_pulses + report.reset_pulses) * PULSE_S + report.verify_reads * VERIFY_S
+    expected_J = report.set_pulses * SET_J + report.reset_pulses * RESET_J + report.verify_reads * VERIFY_J
     assert report.energy_J == pytest.approx(expected_J, rel=1e-9)
     assert report.time_s == pytest.approx(expected_s, rel=1e-9)
 
@@ -305,10 +316,11 @@ def test_cost_figures_divide_inference_by_samples():
     dep.add("set_pulses", 10)
     inf.add("digital_macs", 4000)
     f = cost_figures(train, dep, inf, samples=4, profile=PROF)
-    assert f.training_cost_J == approx(8.05e-9)
-    assert f.deployment_overhead_J == approx(500e-12)
+    t_mac = 1000 / 6.4e9
+    assert f.training_cost_J == approx(4.8e-9 + LEAK_W * t_mac)
+    assert f.deployment_overhead_J == approx(500e-12 + LEAK_W * 1e-6)
     assert f.deployment_time_s == approx(1e-6)
-    assert f.inference_energy_J == approx(8.05e-9)  # 4000 MACs over 4 samples
-    assert f.inference_time_s == approx(1.5625e-7)
+    assert f.inference_energy_J == approx(4.8e-9 + LEAK_W * t_mac)  # 4000 MACs over 4 samples
+    assert f.inference_time_s == approx(t_mac)
     assert set(f.to_dict()) == {"training_cost_J", "training_time_s", "deployment_overhead_J",
                                 "deployment_time_s", "inference_energy_J", "inference_time_s"}

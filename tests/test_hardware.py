@@ -585,7 +585,9 @@ def test_bit_serial_counts_one_pass_per_plane_and_drives_only_set_bits():
     h = core.handle
     assert led.counts["adc_conversions"] == 8 * 4 * h.row_tiles * 200
     assert led.counts["tile_mvms"] == 8 * 4 * h.row_tiles * h.col_tiles
-    assert led.counts["dac_conversions"] == core.drives[0] * h.col_tiles < 8 * 4 * 300 * h.col_tiles
+    # 1-bit row drives, priced as such (row_drive_J), not as multi-bit DAC conversions
+    assert led.counts["row_drives"] == core.drives[0] * h.col_tiles < 8 * 4 * 300 * h.col_tiles
+    assert led.counts["dac_conversions"] == 0
     # an 8-bit ADC per plane: close to the exact product
     exact = x[:4] @ core.effective_weight().t() + layer.bias
     assert rel_err(y, exact) < 0.1

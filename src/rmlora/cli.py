@@ -359,3 +359,8 @@ def presets() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+from rmlora.cli_costs import costs_cmd  # noqa: E402  (its own module: the cost projection)
+
+main.add_command(costs_cmd)

@@ -107,7 +107,8 @@ def analog_layers(model: nn.Module) -> list[tuple[str, AnalogLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, AnalogLayer)]
 
 
-def _supported(name: str, m: nn.Module) -> None:
+def check_mappable(name: str, m: nn.Module) -> None:
+    """Refuse a layer the tiles cannot hold (one clear error)."""
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         if m.groups != 1:
             raise RmloraError(f"{name}: grouped convolution (groups={m.groups}) has no tile mapping")
@@ -178,7 +179,7 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
             cls = ANALOG_TYPES.get(type(child))
             if cls is None or any(fnmatch.fnmatch(full, pat) for pat in exclude):
                 continue
-            _supported(full, child)
+            check_mappable(full, child)
             if not torch.isfinite(child.weight).all():
                 raise RmloraError(f"{full}: weights contain NaN or infinite values; nothing was programmed")
             targets.append((m, child_name, full, child, cls))

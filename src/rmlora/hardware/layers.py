@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmlora.costs.counting import ANALOG
+from rmlora.costs.counting import ANALOG, MvmGeometry, count_mvm
 from rmlora.device import kernels, mapping
 from rmlora.errors import RmloraError
 from rmlora.hardware.calibration import record
@@ -116,6 +116,11 @@ class CrossbarCore:
     @property
     def out_tile_width(self) -> int:
         return self.chip.tile_cols // self.p.cells_per_weight
+
+    def geometry(self) -> MvmGeometry:
+        """What one input vector costs on this layer's tiles (the ledger's counts)."""
+        return MvmGeometry.dense(self.in_features, self.out_features, (self.chip.tile_rows, self.chip.tile_cols),
+                                 self.p.cells_per_weight, self.p.mapping == "offset")
 
     @property
     def needs_ranges(self) -> bool:
@@ -326,31 +331,32 @@ class AnalogLayer:
         y = self.core.mvm(x2d, self.weight if weight is None else weight)
         if self.ledger is not None:
             self._count(x2d)
-            self.ledger.add("dac_clipped", self.core.clipped[0])
-            self.ledger.add("adc_clipped", self.core.clipped[1])
+            self.ledger.add("dac_clipped", self.core.clipped[0], self.core.name)
+            self.ledger.add("adc_clipped", self.core.clipped[1], self.core.name)
         return y
 
     def _count(self, x2d: torch.Tensor) -> None:
-        """Count the call just made: event-driven row drives (zero inputs and zero bits of a
-        bit-serial plane drive nothing), one ADC conversion per column, tile and pass."""
-        h, led, p = self.core.handle, self.ledger, self.core.p
-        b, n_in = x2d.shape
-        n_out = self.core.out_features
+        """Count the call just made (:func:`rmlora.costs.counting.count_mvm`)."""
         drives, passes = self.core.drives
-        if drives is None:
-            drives = int((x2d != 0).sum())
-        ref = h.col_tiles if p.mapping == "offset" else 0  # one reference column per tile
-        led.add("dac_conversions", drives * h.col_tiles)
-        led.add("cell_reads", drives * (h.cols + ref))
-        led.add("adc_conversions", passes * b * h.row_tiles * n_out)
-        led.add("tile_mvms", passes * b * h.row_tiles * h.col_tiles)
-        if torch.is_grad_enabled() and x2d.requires_grad:  # transposed read for dL/dx
-            led.add("dac_conversions", b * n_out * h.row_tiles)
-            led.add("cell_reads", b * h.cells)
-            led.add("adc_conversions", b * h.col_tiles * n_in)
-            led.add("tile_mvms", b * h.row_tiles * h.col_tiles)
-        if torch.is_grad_enabled() and self.weight.requires_grad:  # dL/dW on the digital unit
-            led.add("digital_macs", b * n_in * n_out)
+        count_mvm(self.ledger, self.core.name, x2d, self.core.geometry(), n_out=self.core.out_features,
+                  drives=drives, passes=passes, bit_serial=drives is not None,
+                  grad_input=torch.is_grad_enabled() and x2d.requires_grad,
+                  grad_weight=torch.is_grad_enabled() and self.weight.requires_grad)
+
+
+def im2col(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The input vectors of a convolution (groups=1, zero padding): (B · positions, C · kernel)
+    and the output's spatial shape."""
+    if isinstance(conv, nn.Conv1d):
+        k, s, pd, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+        cols = F.unfold(x.unsqueeze(2), (1, k), (1, d), (0, pd), (1, s))  # (B, C*k, L)
+        out = (cols.shape[-1],)
+    else:
+        h, w = x.shape[-2:]
+        cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (B, CKK, L)
+        out = tuple((n + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
+                    for i, n in enumerate((h, w)))
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]), out
 
 
 def _adopt(new: nn.Module, old: nn.Module) -> None:
@@ -390,11 +396,9 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, CKK, L)
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        y = self._matmul(cols.transpose(1, 2).reshape(-1, cols.shape[1]), self.weight.flatten(1))
+        x2d, (ho, wo) = im2col(self, x)
+        b = x.shape[0]
+        y = self._matmul(x2d, self.weight.flatten(1))
         y = y.view(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
@@ -413,12 +417,8 @@ class AnalogConv1d(AnalogLayer, nn.Conv1d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, length = x.shape
-        k, s, pd, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
-        cols = F.unfold(x.unsqueeze(2), (1, k), (1, d), (0, pd), (1, s))  # (B, C*k, L)
-        lo = cols.shape[-1]
-        x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        y = self._matmul(x2d, self.weight.flatten(1)).view(b, lo, -1).transpose(1, 2)
+        x2d, (lo,) = im2col(self, x)
+        y = self._matmul(x2d, self.weight.flatten(1)).view(x.shape[0], lo, -1).transpose(1, 2)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1)
         return y

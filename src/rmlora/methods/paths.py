@@ -36,9 +36,12 @@ def head_in_features(head: nn.Module) -> int:
 
 
 def _charge(ledger: Ledger, rep: ProgrammingReport) -> None:
-    ledger.add("set_pulses", rep.set_pulses)
-    ledger.add("reset_pulses", rep.reset_pulses)
-    ledger.add("verify_reads", rep.verify_reads)
+    """Add a (re)programming's write-verify work to ``ledger``, per layer."""
+    for s in rep.layers:
+        ledger.add("set_pulses", s.set_pulses, s.name)
+        ledger.add("reset_pulses", s.reset_pulses, s.name)
+        ledger.add("verify_reads", s.verify_reads, s.name)
+        ledger.add("programmed_cells", s.programmed, s.name)
 
 
 class AdapterPath:
@@ -95,9 +98,14 @@ class FullPath:
         return list(self.model.parameters())
 
     def after_step(self, ledger: Ledger) -> None:
+        """Write-verify the cells whose target moved beyond tolerance (mixed-precision update);
+        count the cells whose weights train (what a naive update would reprogram every step)."""
         rep = redeploy(self.model, self.chip, self.profile)
         self.reprogrammed_cells += rep.programmed_cells
         _charge(ledger, rep)
+        for m in self.model.modules():
+            if isinstance(m, AnalogLayer) and m.weight.requires_grad:
+                ledger.add("trained_cells", m.core.handle.cells, m.core.name)
 
     def deploy(self, label: str | None, extra_bits: int = 0) -> Ledger:
         """Write-verify the field chip from the previous model to this one (plus ``extra_bits``

@@ -37,6 +37,23 @@ class Batches:
         return self.x[idx], self.y[idx]
 
 
+#: Adam per parameter and step: the two moments and the FP32 master weight read and written
+#: (3 x 32 bits each way), and its arithmetic as FP32 multiply-adds (m: 2, v: 3 with the square,
+#: the update with bias correction, square root and division: 3; an estimate, docs/costs.md)
+ADAM_STATE_BITS = 2 * 3 * 32
+ADAM_FP32_OPS = 8
+
+
+def count_update(ledger: Ledger, n_param: int, n_digital: int, bits: int) -> None:
+    """Count one optimiser step over ``n_param`` parameters, of which ``n_digital`` live in SRAM
+    (written back at ``bits`` each; those in the arrays are reprogrammed by the path instead)."""
+    ledger.add("sram_write_bits", n_digital * bits)
+    ledger.add("optimizer_bits", n_param * ADAM_STATE_BITS)
+    ledger.add("fp32_ops", n_param * ADAM_FP32_OPS)
+    ledger.add("optimizer_steps", 1)
+    ledger.add("trained_params", n_param)
+
+
 def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Callable[[int], torch.Tensor], cfg: TrainConfig, *,
         score_fn: Callable[[], float] | None = None, after_step: Callable[[], None] | None = None,
         ledger: Ledger | None = None, update_bits: int = 8, desc: str = "training", progress: bool = True,
@@ -56,6 +73,8 @@ def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Call
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = [p for g in opt.param_groups for p in g["params"]]
     n_param = sum(p.numel() for p in params)
+    in_arrays = {id(m.weight) for m in model.modules() if getattr(m, "rmlora_counting", None) == "analog"}
+    n_digital = sum(p.numel() for p in params if id(p) not in in_arrays)  # held in SRAM, not in the arrays
     best_score, best_state, best_step = -float("inf"), None, 0
     history = {"step": [], "loss": [], "score": []}
     bar = tqdm(range(cfg.steps), desc=desc, leave=False, disable=not progress)
@@ -67,7 +86,7 @@ def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Call
             loss.backward()
         opt.step()
         if ledger is not None:
-            ledger.add("sram_write_bits", n_param * update_bits)
+            count_update(ledger, n_param, n_digital, update_bits)
         if after_step is not None:
             after_step()
         last = step + 1 == cfg.steps

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rmlora.hardware.deploy import layer_table
+from rmlora.costs.ledger import KINDS
 from rmlora.scenario.results import ScenarioResult, stats  # noqa: E402
 
 PATH_NAMES = {"lora": "adapter path (LoRA)", "full": "full update (baseline)", "retrain": "retrained (reference)"}
@@ -101,12 +102,13 @@ def request_costs_table(r: ScenarioResult) -> str:
 
 def breakdown_table(r: ScenarioResult) -> str:
     """Where each path's training energy goes (first seed), in % of its total."""
-    cats = ("analogue_mvm", "digital", "sram", "write_verify")
-    rows = ["| training energy | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+    cats = KINDS
+    rows = ["| training energy | " + " | ".join(c.replace("_", " ") for c in cats) + " |",
+            "|---|" + "---|" * len(cats)]
     for p in ("lora", "full"):
         e = r.per_seed[0].paths[p].breakdown["training_J"]
         tot = e["total"] or float("nan")
-        rows.append(f"| {PATH_NAMES[p]} | " + " | ".join(f"{100 * e[c] / tot:.1f}%" for c in cats) + " |")
+        rows.append(f"| {PATH_NAMES[p]} | " + " | ".join(f"{100 * e.get(c, 0.0) / tot:.1f}%" for c in cats) + " |")
     return "\n".join(rows)
 
 
