@@ -17,14 +17,17 @@ From one run it measures
     per call, shared by the batch; no longer a mode of the library, timed
     from its stages so the cost of per-vector noise is visible);
 (b) write-verify throughput of ``rmlora.device.physics.program`` in cells per
-    second on ``--cells`` fresh cells with random targets in the window.
+    second on ``--cells`` fresh cells with random targets in the window;
+(c) with ``--gpu`` and a CUDA device: the forward ratio at 4096 x 4096, batch 4096, against
+    ``nn.Linear`` on the GPU, and write-verify throughput of the torch path
+    (:mod:`rmlora.device.eager`, bit-identical to the CPU kernel) on ``--gpu-cells`` cells.
 
 The layer and its baseline are timed in alternating blocks (15 rounds of
 ``torch.utils.benchmark.Timer.timeit`` after a warm-up); a ratio is the
 median of the per-round ratios, a time the median over rounds. Stages are
 medians of ``blocked_autorange``. Usage::
 
-    python benchmarks/bench_core.py [--threads N] [--cells N] [--json]
+    python benchmarks/bench_core.py [--threads N] [--cells N] [--gpu] [--json]
 """
 
 from __future__ import annotations
@@ -196,12 +199,52 @@ def bench_program(cells: int, seed: int) -> dict:
     }
 
 
+def bench_gpu(cells: int, seed: int) -> dict:
+    """Forward ratio at 4096 x 4096, batch 4096, and write-verify throughput on the GPU."""
+    if not torch.cuda.is_available():
+        return {"gpu": "no CUDA device"}
+    dev = torch.device("cuda")
+    torch.manual_seed(seed)
+    plain = nn.Linear(4096, 4096).to(dev)
+    source = nn.Linear(4096, 4096)
+    source.load_state_dict({k: v.cpu() for k, v in plain.state_dict().items()})
+    chip = SimulatedChip(PRESET, tile=TILE, dac_bits=BITS, adc_bits=BITS, read_noise=True, seed=seed)
+    analog = AnalogLinear.from_float(source, chip, "bench")
+    analog.program()
+    calibrate(analog, torch.randn(1024, 4096, generator=torch.Generator().manual_seed(seed + 2)))
+    analog = analog.to(dev)
+    x = torch.randn(4096, 4096, device=dev)
+
+    def sync(fn):
+        def run():
+            fn()
+            torch.cuda.synchronize()
+        return run
+    lf, af, fr = paired_times(sync(forward(plain, x)), sync(forward(analog, x)), 2.0)
+    p = load_preset(PRESET)
+    gen = torch.Generator().manual_seed(seed)
+    g0, d2d, stuck = physics.new_cells(cells, p, gen)
+    target = p.g_min_uS + (p.g_max_uS - p.g_min_uS) * torch.rand(cells, generator=gen)
+    g0, d2d, stuck, target = (t.to(dev) for t in (g0, d2d, stuck, target))
+    physics.program(g0[:100_000], target[:100_000], d2d[:100_000], stuck[:100_000], p, gen)  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    physics.program(g0, target, d2d, stuck, p, gen)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"gpu": torch.cuda.get_device_name(), "gpu_linear_forward_s": lf, "gpu_analog_forward_s": af,
+            "gpu_forward_ratio": fr, "gpu_program_cells": cells, "gpu_program_s": seconds,
+            "gpu_program_cells_per_s": cells / seconds}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--cells", type=int, default=10_000_000, help="cells for the write-verify throughput")
     ap.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timed layer measurement")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gpu", action="store_true", help="also measure on a CUDA device (issue 10's GPU targets)")
+    ap.add_argument("--gpu-cells", type=int, default=100_000_000, help="cells for the GPU write-verify throughput")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     if args.threads is not None:
@@ -213,6 +256,8 @@ def main() -> None:
 
     t = bench_layers(args.min_run_time, args.seed)
     t.update(bench_program(args.cells, args.seed))
+    if args.gpu:
+        t.update(bench_gpu(args.gpu_cells, args.seed))
     out = {
         "forward_ratio": t.pop("forward_ratio"),
         "train_step_ratio": t.pop("train_step_ratio"),
@@ -251,6 +296,12 @@ def main() -> None:
     print(f"write-verify: {t['program_cells']:,} cells in {t['program_s']:.2f} s = "
           f"{out['program_cells_per_s']:,.0f} cells/s "
           f"({t['program_mean_pulses_per_cell']:.2f} pulses/cell, {t['program_failed_cells']} failed)")
+    if "gpu_forward_ratio" in t:
+        print(f"GPU {t['gpu']}: forward 4096x4096, batch 4096: {t['gpu_analog_forward_s'] * 1e3:.2f} ms vs "
+              f"{t['gpu_linear_forward_s'] * 1e3:.2f} ms, ratio {t['gpu_forward_ratio']:.2f}; write-verify "
+              f"{t['gpu_program_cells_per_s']:,.0f} cells/s on {t['gpu_program_cells']:,} cells")
+    elif "gpu" in t:
+        print(f"GPU: {t['gpu']}")
 
 
 if __name__ == "__main__":

@@ -99,16 +99,23 @@ def program(g0: torch.Tensor, target: torch.Tensor, d2d: torch.Tensor, stuck: to
     """Program flat cells from ``g0`` towards ``target`` (µS) and relax them.
 
     Targets are first clipped to the window and snapped to levels. The loop
-    runs in :func:`rmlora.device.kernels.program_cells` (per cell: a verify
-    read, then a SET or RESET pulse unless within tolerance, until
-    ``passes_required`` reads in a row pass or ``max_pulses`` are spent; then
-    relaxation). Returns the per-cell record; ``g0`` is not modified.
+    runs in :func:`rmlora.device.kernels.program_cells` on the CPU, or in
+    :func:`rmlora.device.eager.program_cells` on the targets' device when that
+    is not the CPU (a GPU; bit-identical results): per cell a verify read, then
+    a SET or RESET pulse unless within tolerance, until ``passes_required``
+    reads in a row pass or ``max_pulses`` are spent; then relaxation. Returns
+    the per-cell record on the targets' device; ``g0`` is not modified.
     """
-    target = quantise_levels(target.detach().float().cpu(), p).contiguous()
-    g0, d2d = (t.detach().float().cpu().contiguous() for t in (g0, d2d))
-    stuck = stuck.detach().to(torch.int8).cpu().contiguous()
-    g, sp, rp, vr, cv = kernels.program_cells(g0.numpy(), target.numpy(), d2d.numpy(), stuck.numpy(), p,
-                                              kernels.draw_seed(generator))
+    dev = target.device
+    seed = kernels.draw_seed(generator)
+    target = quantise_levels(target.detach().float(), p).contiguous()
+    g0, d2d = (t.detach().float().to(dev).contiguous() for t in (g0, d2d))
+    stuck = stuck.detach().to(torch.int8).to(dev).contiguous()
+    if dev.type != "cpu":
+        from rmlora.device import eager
+        g, sp, rp, vr, cv = eager.program_cells(g0, target, d2d, stuck, p, seed)
+        return WriteVerifyResult(g, target, sp, rp, vr, cv)
+    g, sp, rp, vr, cv = kernels.program_cells(g0.numpy(), target.numpy(), d2d.numpy(), stuck.numpy(), p, seed)
     return WriteVerifyResult(torch.from_numpy(g), target, *(torch.from_numpy(a) for a in (sp, rp, vr, cv)))
 
 
