@@ -199,11 +199,12 @@ def bench_program(cells: int, seed: int) -> dict:
     }
 
 
-def bench_gpu(cells: int, seed: int) -> dict:
+def bench_gpu(cells: int, seed: int, device: str = "cuda") -> dict:
     """Forward ratio at 4096 x 4096, batch 4096, and write-verify throughput on the GPU."""
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         return {"gpu": "no CUDA device"}
-    dev = torch.device("cuda")
+    dev = torch.device(device)
+    sync_dev = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(seed)
     plain = nn.Linear(4096, 4096).to(dev)
     source = nn.Linear(4096, 4096)
@@ -218,7 +219,7 @@ def bench_gpu(cells: int, seed: int) -> dict:
     def sync(fn):
         def run():
             fn()
-            torch.cuda.synchronize()
+            sync_dev()
         return run
     lf, af, fr = paired_times(sync(forward(plain, x)), sync(forward(analog, x)), 2.0)
     p = load_preset(PRESET)
@@ -227,12 +228,12 @@ def bench_gpu(cells: int, seed: int) -> dict:
     target = p.g_min_uS + (p.g_max_uS - p.g_min_uS) * torch.rand(cells, generator=gen)
     g0, d2d, stuck, target = (t.to(dev) for t in (g0, d2d, stuck, target))
     physics.program(g0[:100_000], target[:100_000], d2d[:100_000], stuck[:100_000], p, gen)  # warm-up
-    torch.cuda.synchronize()
+    sync_dev()
     t0 = time.perf_counter()
     physics.program(g0, target, d2d, stuck, p, gen)
-    torch.cuda.synchronize()
+    sync_dev()
     seconds = time.perf_counter() - t0
-    return {"gpu": torch.cuda.get_device_name(), "gpu_linear_forward_s": lf, "gpu_analog_forward_s": af,
+    return {"gpu": torch.cuda.get_device_name() if dev.type == "cuda" else str(dev), "gpu_linear_forward_s": lf, "gpu_analog_forward_s": af,
             "gpu_forward_ratio": fr, "gpu_program_cells": cells, "gpu_program_s": seconds,
             "gpu_program_cells_per_s": cells / seconds}
 
