@@ -179,8 +179,7 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
             if cls is None or any(fnmatch.fnmatch(full, pat) for pat in exclude):
                 continue
             _supported(full, child)
-            if not torch.isfinite(child.weight).all():
-                raise RmloraError(f"{full}: weights contain NaN or infinite values; nothing was programmed")
+            _finite(full, child, "nothing was programmed")
             targets.append((m, child_name, full, child, cls))
     if not targets:
         raise RmloraError("the model has no Linear/Conv1d/Conv2d layer to deploy")
@@ -203,6 +202,14 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
     return report
 
 
+def _finite(name: str, layer: nn.Module, what: str) -> None:
+    """Refuse a layer whose weight or bias holds NaN or infinite values."""
+    for part in ("weight", "bias"):
+        t = getattr(layer, part, None)
+        if isinstance(t, torch.Tensor) and not torch.isfinite(t).all():
+            raise RmloraError(f"{name}: {part} contains NaN or infinite values; {what}")
+
+
 def program_layers(layers: list[AnalogLayer], chip: Chip) -> list[ProgramStats]:
     """Write-verify the layers' current weights in one run over all their cells."""
     stats = chip.program_many([(m.core.handle, m.core.targets(m.matrix())) for m in layers])
@@ -219,8 +226,7 @@ def redeploy(model: nn.Module, chip: Chip, profile: TechProfile | str = "cmos-18
     if not layers:
         raise RmloraError("the model has no analogue layer: deploy it first")
     for name, m in layers:
-        if not torch.isfinite(m.weight).all():
-            raise RmloraError(f"{name}: weights contain NaN or infinite values; nothing was reprogrammed")
+        _finite(name, m, "nothing was reprogrammed")
     return report_from(program_layers([m for _, m in layers], chip), chip, profile)
 
 
