@@ -163,15 +163,18 @@ def test_bad_inputs_are_refused_before_anything_is_written(no_data, why):
     assert not (no_data / "deep").exists()
 
 
-@pytest.mark.parametrize("where,message", [("/proc/rmlora-x", "cannot create --out"),
-                                           ("afile.txt/sub", "afile.txt is not a folder"),
-                                           ("afile.txt", "exists and is not a folder")])
-def test_an_unusable_out_is_one_error_line(no_data, monkeypatch, where, message):
-    monkeypatch.chdir(no_data)
-    Path("afile.txt").write_text("keep")
+@pytest.mark.parametrize("cwd,where,message", [(".", "/proc/rmlora-x", "cannot create --out"),
+                                               (".", "afile.txt/sub", "afile.txt is not a folder"),
+                                               (".", "afile.txt", "exists and is not a folder"),
+                                               ("empty", ".", "is the current folder"),
+                                               ("empty", "..", "holds it")])
+def test_an_unusable_out_is_one_error_line(no_data, monkeypatch, cwd, where, message):
+    (no_data / "afile.txt").write_text("keep")
+    (no_data / "empty").mkdir()
+    monkeypatch.chdir(no_data / cwd)
     one_error(_cli("demo", "--quick", "--out", where), message)
     one_error(_cli("deploy", "--quick", "--out", where), message)
-    assert Path("afile.txt").read_text() == "keep"
+    assert (no_data / "afile.txt").read_text() == "keep" and (no_data / "empty").is_dir()
 
 
 def test_sigint_exits_130_and_leaves_out_as_it_was(no_data):

@@ -206,7 +206,9 @@ def environment(threads: int | None = None, threads_requested: int | None = None
 
 # --------------------------------------------------------------------------- run folders
 def _busy(path: Path, marker: str, what: str, kind: str = "run") -> None:
-    """Refuse ``path`` unless it is absent or an empty folder."""
+    """Refuse ``path`` unless it is absent or an empty folder (other than the current one)."""
+    if Path.cwd().is_relative_to(path.resolve()):
+        raise RmloraError(f"{what} {path} is the current folder or holds it; name a new folder")
     if path.exists() and not path.is_dir():
         raise RmloraError(f"{what} {path} exists and is not a folder")
     if not path.is_dir():
