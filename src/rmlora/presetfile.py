@@ -11,8 +11,8 @@ constant added to either dataclass is covered without further code:
 
 * the top level is an object with ``name``, ``description`` and ``constants``;
   each constant is an object with ``value``, ``source`` (non-empty) and
-  optionally ``unit``; an unknown key anywhere is refused with the closest
-  known name suggested;
+  optionally ``unit``, ``range`` and ``range_source``; an unknown key anywhere
+  is refused with the closest known name suggested;
 * types are exact: a number where a number is wanted (``true`` and ``"3"``
   are not), a string where a string is wanted; an integer constant must be
   integral (``7.9`` is refused, never truncated);
@@ -33,7 +33,9 @@ from rmlora.errors import RmloraError, refuse_unknown
 from rmlora.runinfo import note_input
 
 TOP_KEYS = ("name", "description", "constants")
-ENTRY_KEYS = ("value", "unit", "source")
+#: keys of one constant; ``range`` and ``range_source`` (the span a sensitivity analysis moves it
+#: across, and where that span comes from) are optional and checked by the loader that uses them
+ENTRY_KEYS = ("value", "unit", "source", "range", "range_source")
 
 
 def preset_path(folder: Path, name_or_path: str, what: str) -> Path:
