@@ -16,7 +16,7 @@ constant added to either dataclass is covered without further code:
 * types are exact: a number where a number is wanted (``true`` and ``"3"``
   are not), a string where a string is wanted; an integer constant must be
   integral (``7.9`` is refused, never truncated);
-* numbers are finite and >= 0 (names in ``signed`` may be negative);
+* numbers are finite in float32 and >= 0 (names in ``signed`` may be negative);
   integer constants (counts: pulses, ADCs, MACs per cycle, tiles...) and
   rates (names ending in ``_hz``) must be > 0, as are the names in
   ``positive``: the formulas divide by them.
@@ -33,6 +33,8 @@ from rmlora.errors import RmloraError, refuse_unknown
 from rmlora.runinfo import note_input
 
 TOP_KEYS = ("name", "description", "constants")
+#: the largest float32 (numpy.finfo(numpy.float32).max): the compiled kernels compute in float32
+FLOAT32_MAX = 3.4028234663852886e38
 #: keys of one constant; ``range`` and ``range_source`` (the span a sensitivity analysis moves it
 #: across, and where that span comes from) are optional and checked by the loader that uses them
 ENTRY_KEYS = ("value", "unit", "source", "range", "range_source")
@@ -70,8 +72,9 @@ def check_value(key: str, value: Any, typ: type, where: str, *, nullable: bool =
     if typ in (float, int):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RmloraError(f"{where}: constant {key!r} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise RmloraError(f"{where}: constant {key!r} must be finite, got {value!r}")
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            raise RmloraError(f"{where}: constant {key!r} must be finite (|x| <= {FLOAT32_MAX:.3g}: the kernels "
+                              f"compute in float32), got {value!r}")
         if typ is int and value != int(value):
             raise RmloraError(f"{where}: constant {key!r} must be an integer, got {value!r}")
         if (positive or must_be_positive(key, typ)) and value <= 0:
