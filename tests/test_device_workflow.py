@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from rmlora import records
 from rmlora.cli import main
 from rmlora.config import Request
-from rmlora.scenario.device import Device
+from rmlora.errors import RmloraError
+from rmlora.scenario.device import DEVICE_SCHEMA, Device
 
 TOML = """workload = "face"
 configuration = "quick"
@@ -123,7 +124,7 @@ def test_a_damaged_device_folder_is_refused(device, tmp_path):
     assert res.exit_code == 2 and "chip.safetensors is missing" in res.output
     res = _cli("status", str(tmp_path))
     assert res.exit_code == 2 and "not a device folder" in res.output
-    text = (dev / "device.json").read_text().replace('"schema_version": 2', '"schema_version": 99')
+    text = (dev / "device.json").read_text().replace(f'"schema_version": {DEVICE_SCHEMA}', '"schema_version": 99')
     shutil.copytree(dev, tmp_path / "other")
     (tmp_path / "other" / "device.json").write_text(text)
     res = _cli("status", str(tmp_path / "other"))
@@ -133,4 +134,54 @@ def test_a_damaged_device_folder_is_refused(device, tmp_path):
 def test_deploy_refuses_a_folder_in_use(device):
     root, dev, _ = device
     res = _cli("deploy", "--config", str(root / "s.toml"), "--out", str(dev))
-    assert res.exit_code == 2 and "not empty" in res.output
+    assert res.exit_code == 2 and "already holds a device" in res.output
+
+
+def test_the_device_ledger_is_signed_and_checked_before_any_training(device, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    _, dev, _ = device
+    v = records.check(dev / records.LEDGER)
+    assert v.key == "folder" and len(v.entries) == 2
+    res = _cli("ledger", "verify", str(dev))
+    assert res.exit_code == 0 and "verified: 2 entries" in res.output, res.output
+    bad = tmp_path / "bad"
+    shutil.copytree(dev, bad)
+    ledger = bad / records.LEDGER
+    ledger.write_text(ledger.read_text().splitlines()[0] + "\n")  # the undo entry removed...
+    meta = json.loads((bad / "device.json").read_text())
+    meta["files"][records.LEDGER] = hashlib.sha256(ledger.read_bytes()).hexdigest()  # ...and the checksum redone
+    (bad / "device.json").write_text(json.dumps(meta))
+    before = _digest(bad)
+
+    def never(*a, **k):
+        raise AssertionError("a request ran on a device whose ledger fails")
+    monkeypatch.setattr(Device, "apply", never)
+    res = _cli("forget", str(bad), "--classes", "proc-3", "--no-progress")
+    assert res.exit_code == 2 and res.output.startswith("error:") and "signed head covers 2 entries" in res.output
+    assert _digest(bad) == before
+
+
+def test_an_interrupted_device_command_exits_130_and_changes_nothing(device, monkeypatch):
+    _, dev, _ = device
+    before = _digest(dev)
+
+    def interrupted(self, req):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Device, "apply", interrupted)
+    res = _cli("repair", str(dev), "--no-progress")
+    assert res.exit_code == 130 and res.output.strip() == "error: interrupted", res.output
+    assert _digest(dev) == before
+
+
+def test_a_failed_deploy_leaves_nothing_behind(device, tmp_path, monkeypatch):
+    root, _, _ = device
+
+    def fails(cfg):
+        raise RmloraError("pretrain: the loss became NaN")
+    monkeypatch.setattr(Device, "deploy_new", fails)
+    out = tmp_path / "new" / "DEV"
+    res = _cli("deploy", "--config", str(root / "s.toml"), "--out", str(out))
+    assert res.exit_code == 2 and "the loss became NaN" in res.output
+    assert not (tmp_path / "new").exists()

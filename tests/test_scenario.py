@@ -205,6 +205,7 @@ def test_same_seed_same_summary(tmp_path, monkeypatch):
 
     def strip(r):
         d = r.to_dict()
+        d.pop("environment")  # start and end times
         for s in d["per_seed"]:
             s.pop("timing_s")
             for q in s["requests"]:

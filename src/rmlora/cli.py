@@ -1,4 +1,10 @@
-"""Command-line interface: ``rmlora demo``, ``rmlora workloads``, ``rmlora deploy-check``, ``rmlora presets``."""
+"""Command-line interface: ``rmlora demo``, the device commands (``deploy``, ``forget``, ``add``,
+``repair``, ``age``, ``undo``, ``status``), ``rmlora ledger verify``, ``rmlora workloads``,
+``rmlora deploy-check``, ``rmlora presets``.
+
+Every failure a user can cause ends in one ``error: ...`` line on stderr: an
+:class:`RmloraError` or a usage error (unknown option, value out of range) exits 2, an
+interruption (SIGINT) exits 130; a traceback means a bug."""
 
 from __future__ import annotations
 
@@ -14,15 +20,68 @@ from torch import nn
 from rmlora.errors import RmloraError
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _kept(exc: BaseException) -> str:
+    kept = getattr(exc, "rmlora_kept", None)
+    return f" (the unfinished run is in {kept})" if kept else ""
+
+
 class _Group(click.Group):
-    """Turns RmloraError into one ``error: ...`` line and exit status 2."""
+    """Turns RmloraError and usage errors into one ``error: ...`` line and exit status 2, an
+    interruption into ``error: interrupted`` and exit status 130."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if parent is None:
+            from rmlora.runinfo import set_command
+
+            set_command(["rmlora", *args])
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``rmlora``: the help text
+                raise
+            self._usage(exc)
+
+    @staticmethod
+    def _usage(exc: click.UsageError):
+        where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+        click.echo(f"error: {_one_line(exc.format_message())}{where}", err=True)
+        raise click.exceptions.Exit(2)
 
     def invoke(self, ctx: click.Context):
+        from rmlora.runinfo import set_command
+
         try:
             return super().invoke(ctx)
         except RmloraError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(exc)}{_kept(exc)}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt as exc:
+            click.echo(f"error: interrupted{_kept(exc)}", err=True)
+            ctx.exit(130)
+        except click.UsageError as exc:
+            self._usage(exc)
+        except click.ClickException as exc:
+            click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            ctx.exit(exc.exit_code)
+        finally:
+            if ctx.parent is None:
+                set_command([])  # a later call from Python records its own command line
+
+
+#: ``--seed``: seeds are 63-bit (numpy's SeedSequence and torch take them whole)
+SEED = click.IntRange(0, 2 ** 63 - 1)
+
+
+def _bits(default: int, what: str):
+    from rmlora.config import ChipConfig
+
+    lo, hi = ChipConfig.BITS_RANGE
+    return click.option(f"--{what}-bits", type=click.IntRange(lo, hi), default=default, show_default=True,
+                        help=f"{what.upper()} resolution in bits ({lo}-{hi})")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,12 +104,12 @@ def builtin_mlp(seed: int) -> nn.Module:
 @main.command("deploy-check")
 @click.option("--preset", default="rram-180nm", show_default=True, help="device preset name or JSON file")
 @click.option("--profile", default="cmos-180nm", show_default=True, help="technology profile name or JSON file")
-@click.option("--tile", default=128, show_default=True, help="tile rows = columns")
-@click.option("--dac-bits", default=8, show_default=True)
-@click.option("--adc-bits", default=8, show_default=True)
+@click.option("--tile", type=click.IntRange(2), default=128, show_default=True, help="tile rows = columns")
+@_bits(8, "dac")
+@_bits(8, "adc")
 @click.option("--range-mode", type=click.Choice(["calibrated", "per-vector"]), default="calibrated",
               show_default=True, help="how converter full scales are set")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: int, range_mode: str, seed: int,
                  as_json: bool) -> None:
@@ -61,8 +120,6 @@ def deploy_check(preset: str, profile: str, tile: int, dac_bits: int, adc_bits: 
     from rmlora.hardware.deploy import layer_inference, layer_table
     from rmlora.runinfo import seed_everything
 
-    if tile < 2:
-        raise RmloraError(f"--tile must be >= 2, got {tile}")
     gen = seed_everything(seed)
     ref = builtin_mlp(seed)
     model = copy.deepcopy(ref)
@@ -132,24 +189,25 @@ def scenario_options(f):
         click.option("--preset", default="rram-180nm", show_default=True, help="device preset name or JSON file"),
         click.option("--profile", default="cmos-180nm", show_default=True,
                      help="technology profile name or JSON file"),
-        click.option("--tile", type=int, default=128, show_default=True, help="tile rows = columns"),
-        click.option("--dac-bits", type=int, default=8, show_default=True),
-        click.option("--adc-bits", type=int, default=8, show_default=True),
+        click.option("--tile", type=click.IntRange(2), default=128, show_default=True, help="tile rows = columns"),
+        _bits(8, "dac"),
+        _bits(8, "adc"),
         click.option("--no-read-noise", is_flag=True, help="switch the per-read noise of the cells off"),
         click.option("--range-mode", type=click.Choice(["calibrated", "per-vector"]), default="calibrated",
                      show_default=True, help="converter full scales: calibrated at deployment and frozen, or "
                                              "each input vector scaled by its own max |x| (ADC ranges frozen)"),
         click.option("--bit-serial", is_flag=True, help="apply the DAC codes one bit plane at a time "
                                                         "(shift-and-add after the ADC)"),
-        click.option("--rank", type=int, default=None, help="adapter rank (default: the workload's)"),
+        click.option("--rank", type=click.IntRange(1), default=None, help="adapter rank (default: the workload's)"),
         click.option("--alpha", type=float, default=None, help="adapter alpha (default: the workload's)"),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--seeds", type=int, default=None, help="number of seeds to average (default: the workload's)"),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="first seed (0 to 2**63-1)"),
+        click.option("--seeds", type=click.IntRange(1), default=None,
+                     help="number of seeds to average (default: the workload's)"),
         click.option("--pretrained", type=click.Path(), default=None,
                      help="pretrained.safetensors of an earlier run"),
         click.option("--hardware-aware", is_flag=True,
                      help="pretrain with weight noise drawn from the preset's programming and read noise"),
-        click.option("--threads", type=int, default=1, show_default=True,
+        click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
                      help="torch CPU threads, capped to the free cores (the workloads' small matrices run "
                           "fastest on one)"),
         click.option("--no-progress", is_flag=True),
@@ -212,10 +270,12 @@ def scenario_config(ctx: click.Context, p: dict):
 @click.pass_context
 def demo(ctx: click.Context, out: str, **p) -> None:
     """Learn, deploy, then a sequence of requests: adapter path vs full update vs retraining."""
+    from rmlora.runinfo import recording_inputs
     from rmlora.scenario import run_scenario
     from rmlora.scenario.report import costs_table, metrics_table
 
-    r = run_scenario(scenario_config(ctx, p), out)
+    with recording_inputs():  # the run records the TOML file too
+        r = run_scenario(scenario_config(ctx, p), out)
     click.echo(f"{r.workload} scenario on {r.dataset['source']}: {', '.join(r.requests)}")
     click.echo(metrics_table(r))
     click.echo("")
@@ -230,15 +290,16 @@ def demo(ctx: click.Context, out: str, **p) -> None:
 @click.pass_context
 def deploy_device(ctx: click.Context, out: str, **p) -> None:
     """Pretrain a model, program it onto a chip and save the chip as a device folder."""
+    from rmlora.runinfo import RunFolder, recording_inputs
     from rmlora.scenario.device import Device
     from rmlora.threads import configure_threads
 
-    cfg = scenario_config(ctx, p)
-    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
-        raise RmloraError(f"--out {out} exists and is not empty; choose another folder")
-    configure_threads(cfg.threads)
-    dev = Device.deploy_new(cfg)
-    dev.save(out, new=True)
+    with recording_inputs():
+        cfg = scenario_config(ctx, p)
+        with RunFolder(out, marker="device.json", kind="device") as rf:  # a used or unwritable --out fails before any work
+            configure_threads(cfg.threads)
+            dev = Device.deploy_new(cfg)
+            dev.write(rf.tmp)
     click.echo(dev.status(Path(out)))
 
 
@@ -326,6 +387,41 @@ def status_cmd(device: str, data_dir: str | None) -> None:
     from rmlora.scenario.device import Device
 
     click.echo(Device.load(device, data_dir).status(Path(device)))
+
+
+@main.group("ledger")
+def ledger_group() -> None:
+    """Check a deletion ledger (deletion_ledger.jsonl of a run or device folder)."""
+
+
+def _printable(v) -> str:
+    return "".join(c if c.isprintable() else "?" for c in str(v))
+
+
+@ledger_group.command("verify")
+@click.argument("path", type=click.Path())
+@click.option("--key", type=click.Path(), default=None,
+              help="the user's key file (default: $RMLORA_LEDGER_KEY, else the folder's own key)")
+def ledger_verify(path: str, key: str | None) -> None:
+    """Verify a deletion ledger (a file, or a run or device folder holding one): every entry's
+    hash, every link, and the signed head (count and last hash). Prints the entries; exits 2
+    on any defect."""
+    from rmlora import records
+
+    ledger = Path(path) / records.LEDGER if Path(path).is_dir() else Path(path)
+    v = records.check(ledger, key)
+    for e in v.entries:
+        what = (f"restored {', '.join(map(_printable, e['restored']))}" if e.get("restored")
+                else f"forgot {', '.join(map(_printable, e['forgotten']))}")
+        where = "".join(f"  {k} {_printable(e[k])}" for k in ("seed", "device_request") if k in e)
+        click.echo(f"{e['index']:>4}  {_printable(e['time'])}  {_printable(e.get('request', ''))}  {what}  "
+                   f"adapter {_printable(e['adapter'])}{where}")
+    click.echo(f"verified: {len(v.entries)} entr{'y' if len(v.entries) == 1 else 'ies'} in {ledger}; chain intact; "
+               f"head signed with the {v.key} key {v.key_id}")
+    if v.key == "folder":
+        click.echo(f"note: the folder's own key ({records.key_path(ledger).name}) lies beside the ledger, so this "
+                   f"rules out accidents and careless edits, not a rewrite by someone who can write to the folder; "
+                   f"sign with your own key (${records.KEY_ENV}) for that")
 
 
 @main.command("workloads")

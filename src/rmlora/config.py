@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
-from rmlora.errors import RmloraError
+from rmlora.errors import RmloraError, closest
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
@@ -91,14 +91,15 @@ class ConfigBase:
     def from_dict(cls, d: dict[str, Any] | None, where: str | None = None):
         """Build from a plain dict; unknown keys and wrongly typed values are refused."""
         where = where or cls.section
-        d = dict(d or {})
-        if not isinstance(d, dict):
+        if d is not None and not isinstance(d, dict):
             raise RmloraError(f"{where}: expected a table of keys, got {type(d).__name__}")
+        d = dict(d or {})
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise RmloraError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(fields)}")
+            raise RmloraError(f"{where}: unknown key {unknown[0]!r}{closest(unknown[0], fields)}; known: "
+                              f"{', '.join(fields)}")
         kw = {}
         for name, value in d.items():
             tp = hints[name]
@@ -195,6 +196,9 @@ class ChipConfig(ConfigBase):
     #: converter range modes the simulator implements
     RANGE_MODES: ClassVar[tuple[str, ...]] = ("calibrated", "per-vector")
     BACKENDS: ClassVar[tuple[str, ...]] = ("simulator",)
+    #: converter resolutions accepted (bits): 24 is beyond any SAR ADC of a CIM macro but keeps the
+    #: converter codes exact in float32 (2**24), the compiled kernels' precision
+    BITS_RANGE: ClassVar[tuple[int, int]] = (1, 24)
 
     preset: str = _help("device preset name (rmlora presets) or JSON file", "rram-180nm")
     profile: str = _help("technology profile name or JSON file (energy and time constants)", "cmos-180nm")
@@ -217,10 +221,11 @@ class ChipConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         _positive_int("chip.tile", self.tile, 2)
+        lo, hi = self.BITS_RANGE
         for name in ("dac_bits", "adc_bits"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 24):
-                raise RmloraError(f"chip.{name} must be an integer in 1..24 or None, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
+                raise RmloraError(f"chip.{name} must be an integer in {lo}..{hi} or None, got {v!r}")
         if self.range_mode not in self.RANGE_MODES:
             raise RmloraError(f"chip.range_mode must be one of {', '.join(self.RANGE_MODES)}, got {self.range_mode!r}")
         _finite("chip.calibration_percentile", self.calibration_percentile, 50.0, strict=True)
@@ -414,9 +419,13 @@ class ScenarioConfig(ConfigBase):
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib  # type: ignore[no-redef]
+        from rmlora.runinfo import note_input
+
         path = Path(path)
         if not path.is_file():
-            raise RmloraError(f"config file {path} does not exist")
+            raise RmloraError(f"config file {path} does not exist" if not path.exists()
+                              else f"config file {path} is not a file")
+        note_input(path, "config")
         try:
             doc = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -11,6 +11,7 @@ conductances: the analogue weights are buffers of the chip, not parameters.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -226,39 +227,85 @@ def save_adapter(model: nn.Module, name: str, path: str | Path) -> None:
     tmp.replace(path)
 
 
+def _spec_from(meta: dict[str, str], where: Path) -> AdapterSpec:
+    """The :class:`AdapterSpec` stored in a file's metadata, every field checked."""
+    try:
+        d = json.loads(meta["rmlora_adapter"])
+    except (KeyError, ValueError, RecursionError):
+        raise RmloraError(f"{where}: not an rmlora adapter file (no adapter description)") from None
+    fields = {"name": str, "r": int, "alpha": float, "bits": int, "targets": list}
+    if not isinstance(d, dict) or set(d) != set(fields):
+        raise RmloraError(f"{where}: the adapter description must hold exactly {', '.join(fields)}")
+    for k, t in fields.items():
+        v = d[k]
+        ok = (isinstance(v, (int, float)) and math.isfinite(v) if t is float else isinstance(v, t))
+        if isinstance(v, bool) or not ok:
+            raise RmloraError(f"{where}: adapter {k} must be a finite {t.__name__}, got {v!r}")
+    if d["r"] < 1 or d["alpha"] <= 0 or not 2 <= d["bits"] <= 16:
+        raise RmloraError(f"{where}: adapter rank must be >= 1, alpha > 0 and bits in 2..16, got "
+                          f"r={d['r']}, alpha={d['alpha']}, bits={d['bits']}")
+    if not d["targets"] or any(not isinstance(t, str) for t in d["targets"]):
+        raise RmloraError(f"{where}: adapter targets must be a non-empty list of layer names")
+    return AdapterSpec(d["name"], d["r"], float(d["alpha"]), d["bits"], tuple(d["targets"]))
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], spec: AdapterSpec, where: Path) -> None:
+    """Every target's A and B as integer codes within ±(2**(bits-1) - 1) and one finite, positive
+    scale each; nothing else."""
+    want = {f"{t}.{part}.{kind}" for t in spec.targets for part in ("lora_A", "lora_B")
+            for kind in ("codes", "scale")}
+    missing, extra = sorted(want - set(tensors)), sorted(set(tensors) - want)
+    if missing or extra:
+        raise RmloraError(f"{where}: " + (f"tensor {missing[0]} is missing" if missing else
+                                          f"unexpected tensor {extra[0]}"))
+    top = 2 ** (spec.bits - 1) - 1
+    for key, v in tensors.items():
+        if key.endswith(".codes"):
+            if v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
+                raise RmloraError(f"{where}: {key} must hold integer codes, got {v.dtype}")
+            if v.numel() and int(v.to(torch.int64).abs().max()) > top:
+                raise RmloraError(f"{where}: {key} holds codes beyond ±{top} ({spec.bits} bits)")
+        elif v.numel() != 1 or not v.is_floating_point() or not bool(torch.isfinite(v).all()) or float(v) <= 0:
+            raise RmloraError(f"{where}: {key} must be one finite scale > 0")
+
+
 def load_adapter(model: nn.Module, path: str | Path, name: str | None = None,
                  sram: SramBuffer | None = None) -> AdapterSpec:
-    """Add the adapter stored at ``path`` (see :func:`save_adapter`) and activate it."""
+    """Add the adapter stored at ``path`` (see :func:`save_adapter`) and activate it.
+
+    The file is checked whole first (description, every tensor present, integer codes
+    in range, finite scales); a file that fails any check, or does not fit the model or
+    the SRAM, leaves nothing registered or allocated."""
+    from safetensors import safe_open
+
     path = Path(path)
-    if not path.exists():
-        raise RmloraError(f"adapter file {path} does not exist")
+    if not path.is_file():
+        raise RmloraError(f"adapter file {path} does not exist" if not path.exists() else
+                          f"adapter file {path} is not a file")
     try:
-        from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
-        spec = AdapterSpec(**json.loads(meta["rmlora_adapter"]))
-    except (SafetensorError, KeyError, ValueError, TypeError, OSError) as exc:
+    except (SafetensorError, ValueError, TypeError, OSError, RuntimeError) as exc:
         raise RmloraError(f"{path}: not an rmlora adapter file ({exc.__class__.__name__})") from None
+    spec = _spec_from(meta, path)
+    _check_tensors(tensors, spec, path)
     targets = resolve_targets(model, list(spec.targets))
     spec = AdapterSpec(name or spec.name, spec.r, spec.alpha, spec.bits, tuple(targets))
     add_adapter(model, spec.name, r=spec.r, alpha=spec.alpha, bits=spec.bits, targets=targets, sram=sram)
-    mods = _tensors(model, spec.name, logical=True)
-    if set(f"{k}.codes" for k in mods) != {k for k in tensors if k.endswith(".codes")}:
+    try:
+        mods = _tensors(model, spec.name, logical=True)
+        if set(f"{k}.codes" for k in mods) != {k for k in tensors if k.endswith(".codes")}:
+            raise RmloraError(f"{path}: adapter does not match this model's layers")
+        with torch.no_grad():
+            for key, mod in mods.items():
+                w = tensors[f"{key}.codes"].float() * tensors[f"{key}.scale"].float()
+                orig = mod.parametrizations.weight.original
+                if orig.shape != w.shape:
+                    raise RmloraError(f"{path}: {key} has shape {tuple(w.shape)}, the model needs "
+                                      f"{tuple(orig.shape)}")
+                orig.copy_(w.reshape(orig.shape))
+    except BaseException:  # nothing half-loaded stays registered or allocated
         delete_adapter(model, spec.name, sram)
-        raise RmloraError(f"{path}: adapter does not match this model's layers")
-    def refuse(why: str) -> None:  # nothing half-loaded stays registered or allocated
-        delete_adapter(model, spec.name, sram)
-        raise RmloraError(f"{path}: {why}")
-    with torch.no_grad():
-        for key, mod in mods.items():
-            if f"{key}.scale" not in tensors:
-                refuse(f"{key} has no .scale")
-            w = tensors[f"{key}.codes"].float() * tensors[f"{key}.scale"]
-            orig = mod.parametrizations.weight.original
-            if orig.shape != w.shape:
-                refuse(f"{key} has shape {tuple(w.shape)}, the model needs {tuple(orig.shape)}")
-            if not torch.isfinite(w).all():
-                refuse(f"{key} holds NaN or infinite values")
-            orig.copy_(w)
+        raise
     return spec

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from rmlora.errors import RmloraError
+
+
+def _bits(what: str, bits: object) -> int:
+    """``bits`` as an int, refused unless it is an integer >= 0."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 0:
+        raise RmloraError(f"{what}: a size in bits must be an integer >= 0, got {bits!r}")
+    return int(bits)
 
 
 def _fmt(bits: int) -> str:
@@ -13,7 +22,7 @@ class SramBuffer:
     """Allocations by name of a buffer of ``capacity_bits``."""
 
     def __init__(self, capacity_bits: int) -> None:
-        self.capacity_bits = int(capacity_bits)
+        self.capacity_bits = _bits("SRAM capacity", capacity_bits)
         self.blocks: dict[str, int] = {}
 
     @property
@@ -25,7 +34,9 @@ class SramBuffer:
         return self.capacity_bits - self.used_bits
 
     def allocate(self, name: str, bits: int) -> None:
-        """Reserve ``bits`` for ``name`` (replacing an earlier block of that name) or refuse."""
+        """Reserve ``bits`` (an integer >= 0) for ``name`` (replacing an earlier block of that
+        name) or refuse."""
+        bits = _bits(f"adapter {name!r}", bits)
         others = self.used_bits - self.blocks.get(name, 0)
         if others + bits > self.capacity_bits:
             raise RmloraError(f"adapter {name!r} needs {_fmt(bits)} but the SRAM has "

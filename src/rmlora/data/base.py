@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -17,6 +18,25 @@ def name_list(names: Sequence[str], limit: int = 50) -> str:
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[: limit - 2]) + f", ... , {names[-1]}"
+
+
+def data_folder(path: str | Path, what: str) -> Path:
+    """``path`` (``~`` expanded) if it is an existing folder; one error line saying what it is
+    otherwise (missing, or a file)."""
+    root = Path(path).expanduser()
+    if root.is_file():
+        raise RmloraError(f"{what} {root} is a file, not a folder")
+    if not root.is_dir():
+        raise RmloraError(f"{what} {root} does not exist")
+    return root
+
+
+def plural(word: str, n: int = 2) -> str:
+    """``word`` for ``n`` things: ``1 photo``, ``2 photos``, ``3 identities``."""
+    if n == 1:
+        return f"{n} {word}"
+    many = word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" else word + "s"
+    return f"{n} {many}"
 
 
 def natural_key(s: str) -> tuple:

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rmlora.data.base import LabelledSet, natural_key
+from rmlora.data.base import LabelledSet, data_folder, natural_key, plural
 from rmlora.data.images import check_size, is_image_file, read_square
 from rmlora.errors import RmloraError
+from rmlora.runinfo import note_input
 
 __all__ = [
     "FaceSet",
@@ -159,9 +160,7 @@ def load_att(root: str | os.PathLike, size: int = 16) -> FaceSet:
     (``N = 400`` for the full database), names ``"s1"``, ``"s2"``, ...
     """
     size = check_size(size, 2)
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise RmloraError(f"AT&T faces folder {root} does not exist")
+    root = data_folder(root, "AT&T faces folder")
     if not _att_identity_dirs(root) and (root / "att_faces").is_dir():
         root = root / "att_faces"
     idents = _att_identity_dirs(root)
@@ -228,6 +227,8 @@ def load_olivetti(
         raise RmloraError(f"could not load the Olivetti faces from {home}: {exc}") from exc
     from PIL import Image
 
+    for cached in home.glob("olivetti*"):
+        note_input(cached, "data")
     raw = np.asarray(bunch.images, dtype=np.float32)
     target = np.asarray(bunch.target, dtype=np.int64)
     photos = [_resize_square(Image.fromarray(np.ascontiguousarray(im), mode="F"), size) for im in raw]
@@ -258,9 +259,7 @@ def load_image_folder(root: str | os.PathLike, size: int = 16) -> FaceSet:
     ``(N, 1, size, size)`` float32 in ``[0, 1]``.
     """
     size = check_size(size, 2)
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise RmloraError(f"image folder {root} does not exist")
+    root = data_folder(root, "image folder")
     idents = _image_identity_dirs(root)
     if not idents:
         raise RmloraError(
@@ -466,9 +465,7 @@ def load_faces(
     """
     size = check_size(size, 2)
     if data_dir is not None:
-        root = Path(data_dir).expanduser()
-        if not root.is_dir():
-            raise RmloraError(f"face data folder {root} does not exist")
+        root = data_folder(data_dir, "face data folder")
         if (root / "att_faces").is_dir():
             return load_att(root / "att_faces", size)
         if _looks_like_att(root):
@@ -534,7 +531,7 @@ def split_by_photo(
         need = n_val + n_test + 1
         if len(uniq) < need:
             raise RmloraError(
-                f"identity {faces.names[lab]!r} (label {lab}) has {len(uniq)} photos in "
+                f"identity {faces.names[lab]!r} (label {lab}) has {plural('photo', len(uniq))} in "
                 f"{faces.source}; a split with {n_val} val + {n_test} test needs at least {need}"
             )
         order = np.random.default_rng(np.random.SeedSequence([int(seed), int(lab)])).permutation(len(uniq))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from rmlora.errors import RmloraError
+from rmlora.runinfo import note_input
 
 _HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
 
@@ -34,6 +35,7 @@ def read_square(path: Path, colour: bool) -> Any:
     """
     from PIL import Image, UnidentifiedImageError
 
+    note_input(path, "data")
     try:
         with Image.open(path) as im:
             im.load()

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rmlora.data.base import LabelledSet
+from rmlora.data.base import LabelledSet, plural
 from rmlora.errors import RmloraError
+from rmlora.runinfo import note_input
 from rmlora.threads import limit_threads
 
 __all__ = [
@@ -311,12 +312,23 @@ def find_fsdd_recordings(root: str | os.PathLike) -> Path | None:
 
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """Samples and rate of a wav file; one error line for an unreadable, empty or truncated
+    file (fewer samples than its header announces: scipy only warns)."""
+    import warnings
+
     from scipy.io import wavfile
 
-    try:
-        sr, x = wavfile.read(path)
-    except Exception as exc:  # scipy raises ValueError / struct errors / EOFError
-        raise RmloraError(f"cannot read wav file {path}: {exc}") from exc
+    note_input(path, "data")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", wavfile.WavFileWarning)
+        try:
+            sr, x = wavfile.read(path)
+        except Exception as exc:  # scipy raises ValueError / struct errors / EOFError
+            raise RmloraError(f"cannot read wav file {path}: {exc}") from exc
+    for w in caught:
+        if "EOF" in str(w.message):
+            raise RmloraError(f"wav file {path} is truncated: {w.message}")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if x.size == 0:
         raise RmloraError(f"wav file {path} holds no samples")
     return x, int(sr)
@@ -449,6 +461,7 @@ def load_ssc(
     path = Path(path_h5).expanduser()
     if not path.is_file():
         raise RmloraError(f"SSC file {path} does not exist")
+    note_input(path, "data")
     try:
         import h5py
     except ImportError as exc:
@@ -695,7 +708,7 @@ def split_by_utterance(
         need = n_val + n_test + 1
         if utts.size < need:
             raise RmloraError(
-                f"speaker {ds.names[label]!r} has {utts.size} utterances; "
+                f"speaker {ds.names[label]!r} has {plural('utterance', utts.size)}; "
                 f"need at least {need} (n_test={n_test} + n_val={n_val} + 1 for training)"
             )
         order = np.random.default_rng([seed, label]).permutation(utts)

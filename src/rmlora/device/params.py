@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rmlora.errors import RmloraError
-from rmlora.presetfile import load_constants, preset_path
+from rmlora.errors import RmloraError, refuse_unknown
+from rmlora.presetfile import check_value, load_constants, preset_path
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -118,11 +118,10 @@ class DeviceParams:
     def replace(self, **changes: Any) -> "DeviceParams":
         """A copy with some constants changed (validated like a file)."""
         d = asdict(self)
-        unknown = set(changes) - set(d)
-        if unknown:
-            raise RmloraError(f"unknown device constant(s): {', '.join(sorted(unknown))}")
-        d.update(changes)
-        return _validated(DeviceParams(**d), f"preset {self.name} (modified)")
+        where = f"preset {self.name} (modified)"
+        refuse_unknown(changes, _TYPES, where, "device constant")
+        d.update({k: _checked(k, v, where) for k, v in changes.items()})
+        return _validated(DeviceParams(**d), where)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +132,15 @@ _TYPES: dict[str, type] = {
         str if f in ("mapping", "programming") else float)
     for f in DeviceParams.__dataclass_fields__ if f != "name"
 }
+_NULLABLE = frozenset({"g_ref_uS", "levels"})
+_SIGNED = frozenset(f"relax_poly_c{k}_uS" for k in range(5))
+#: divisors: drift is a function of ln(t / drift_t0_s), the relaxation polynomial of g / relax_poly_g_uS
+_POSITIVE = frozenset({"drift_t0_s", "relax_poly_g_uS"})
+
+
+def _checked(key: str, value: Any, where: str) -> Any:
+    return check_value(key, value, _TYPES[key], where, nullable=key in _NULLABLE, signed=key in _SIGNED,
+                       positive=key in _POSITIVE)
 
 
 def _validated(p: DeviceParams, where: str) -> DeviceParams:
@@ -158,8 +166,6 @@ def _validated(p: DeviceParams, where: str) -> DeviceParams:
                           f"programming kernel's range), got {p.c2c_sigma}")
     if p.stuck_low_fraction + p.stuck_high_fraction > 1:
         raise RmloraError(f"{where}: stuck-at fractions add up to more than 1")
-    if p.relax_poly_g_uS <= 0:
-        raise RmloraError(f"{where}: relax_poly_g_uS must be > 0")
     if any(p.relax_poly):  # the spread must stay positive over the whole window
         g = [p.g_min_uS + (p.g_max_uS - p.g_min_uS) * i / 400 for i in range(401)]
         low = min(g, key=lambda v: p.relax_sigma(v, 10 ** 9))
@@ -171,8 +177,8 @@ def _validated(p: DeviceParams, where: str) -> DeviceParams:
 def load_preset(name_or_path: str) -> DeviceParams:
     """Load a built-in preset (``rram-180nm``, ``ideal``, ...) or a JSON file."""
     path = preset_path(PRESET_DIR, name_or_path, "device preset")
-    values, doc = load_constants(path, _TYPES, "device preset", may_be_null=frozenset({"g_ref_uS", "levels"}),
-                                 signed=frozenset(f"relax_poly_c{k}_uS" for k in range(5)))
+    values, doc = load_constants(path, _TYPES, "device preset", may_be_null=_NULLABLE, signed=_SIGNED,
+                                 positive=_POSITIVE)
     return _validated(DeviceParams(name=doc.get("name", path.stem), **values), f"device preset {path}")
 
 

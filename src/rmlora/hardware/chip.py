@@ -266,7 +266,11 @@ class SimulatedChip(Chip):
         self._arrays[handle.name].update({k: v.detach().float().cpu().clone() for k, v in ranges.tensors().items()})
 
     def age(self, seconds: float) -> None:
-        """Let every array (reference columns included) drift for ``seconds`` of retention."""
+        """Let every array (reference columns included) drift for ``seconds`` of retention
+        (finite, >= 0)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+                or seconds < 0:
+            raise RmloraError(f"age: the duration must be a finite number of seconds >= 0, got {seconds!r}")
         for st in self._arrays.values():
             for pre in ("", "ref.") if "ref.g" in st else ("",):
                 st[pre + "g"] = physics.relax_drift(st[pre + "g"], st[pre + "stuck"], seconds, self.device,

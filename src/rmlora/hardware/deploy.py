@@ -185,6 +185,8 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
             targets.append((m, child_name, full, child, cls))
     if not targets:
         raise RmloraError("the model has no Linear/Conv1d/Conv2d layer to deploy")
+    for *_, full, child, _ in targets:  # the bias is added digitally after the ADC: it must be finite too
+        _finite_bias(full, child, "nothing was programmed")
     free = getattr(chip, "free_tiles", None)
     if free is not None:  # refuse before swapping anything, so the model stays usable
         cpw = chip.device.cells_per_weight
@@ -202,6 +204,13 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
         calibrate_ranges(model, calibrate)
         report.calibration_examples = getattr(calibrate, "examples", None)
     return report
+
+
+def _finite_bias(name: str, layer: nn.Module, what: str) -> None:
+    """Refuse a layer whose bias holds NaN or infinite values."""
+    b = getattr(layer, "bias", None)
+    if isinstance(b, torch.Tensor) and not torch.isfinite(b).all():
+        raise RmloraError(f"{name}: bias contains NaN or infinite values; {what}")
 
 
 def program_layers(layers: list[AnalogLayer], chip: Chip) -> list[ProgramStats]:
@@ -222,6 +231,7 @@ def redeploy(model: nn.Module, chip: Chip, profile: TechProfile | str = "cmos-18
     for name, m in layers:
         if not torch.isfinite(m.weight).all():
             raise RmloraError(f"{name}: weights contain NaN or infinite values; nothing was reprogrammed")
+        _finite_bias(name, m, "nothing was reprogrammed")
     return report_from(program_layers([m for _, m in layers], chip), chip, profile)
 
 

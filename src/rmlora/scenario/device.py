@@ -7,29 +7,33 @@ the adapter path (the design: the arrays are never rewritten), append to its
 hash-chained deletion ledger, write their own report under ``DEV/reports/`` and
 save it again. The folder holds::
 
-    device.json              schema version, configuration, requests so far, sha256 of every file
+    device.json              schema version, configuration, requests so far, sha256 of every file,
+                             the environment and inputs of the last command (rmlora.runinfo)
+    data_files.sha256        the data files read, one sha256 each
     pretrained.safetensors   the float weights the arrays were programmed from
     chip.safetensors         every cell (conductance, d2d gain, stuck code, target) and the read-noise stream
     digital.safetensors      the digital state (new output rows, embedding rows, biases)
     adapters/*.safetensors   each adapter as INT codes and scales
-    deletion_ledger.jsonl    forget and undo requests, hash-chained
+    deletion_ledger.jsonl    forget and undo requests, hash-chained (rmlora.records); its signed
+                             head deletion_ledger.head.json and the folder's own key
+                             deletion_ledger.key (absent when $RMLORA_LEDGER_KEY's key signs it)
     reports/NN-kind.md       one report per command
 
 A command works on a copy and swaps it in only when everything is written, so an
-interrupted command (SIGINT, crash) leaves the device as it was. Loading checks
-every file against its checksum and refuses another schema version.
+interrupted command (SIGINT, crash) leaves the device as it was; ``deploy`` writes a
+new folder through a temporary sibling (:class:`rmlora.runinfo.RunFolder`). Loading
+checks every file against its checksum, verifies the ledger and refuses another
+schema version, all before any training.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from rmlora import records
@@ -37,22 +41,15 @@ from rmlora.adapters import load_adapter, save_adapter
 from rmlora.config import Request, ScenarioConfig
 from rmlora.errors import RmloraError
 from rmlora.hardware import analog_layers, deploy
-from rmlora.runinfo import cpu_info, versions, write_json
+from rmlora.runinfo import (RunFolder, environment, file_sha256, inputs_record, recording_inputs, swap_in,
+                            temp_sibling, utc_now, write_json)
 from rmlora.scenario.runner import (Plan, _Lane, _SeedRun, ledger_append, load_weights, plan_scenario,
                                    request_tag)
 from rmlora.scenario.workload import ClassState
 
-#: layout version of a device folder
-DEVICE_SCHEMA = 2
+#: layout version of a device folder (3: signed ledger head and key, environment and inputs record)
+DEVICE_SCHEMA = 3
 GENERATOR_KEY = "__read_noise_generator__"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Device:
@@ -62,6 +59,7 @@ class Device:
                  undone: set[int]) -> None:
         self.plan, self.run, self.lane, self.state = plan, run, lane, state
         self.history, self.undone = history, undone
+        self.inputs_seen: dict[str, set[Path]] = {}  # files read to build it (run.json's inputs)
 
     # -- building ---------------------------------------------------------------------
     @classmethod
@@ -99,10 +97,12 @@ class Device:
     @classmethod
     def deploy_new(cls, cfg: ScenarioConfig) -> Device:
         """Pretrain (or load ``cfg.pretrained``) and program a new device: the learn request."""
-        first = plan_scenario(cfg.replace(seeds=1), all_classes=True).requests[0]  # the learn request alone
-        plan, run = cls._prepare(cfg.replace(requests=[first], learn=None, forget=None, add=None))
-        lane, (rep, pre) = cls._bare(plan, run, None)
+        with recording_inputs() as seen:
+            first = plan_scenario(cfg.replace(seeds=1), all_classes=True).requests[0]  # the learn request alone
+            plan, run = cls._prepare(cfg.replace(requests=[first], learn=None, forget=None, add=None))
+            lane, (rep, pre) = cls._bare(plan, run, None)
         dev = cls(plan, run, lane, plan.states[0], [], set())
+        dev.inputs_seen = seen
         dev.float_state = {k: v.detach().cpu().clone() for k, v in lane.path.model.state_dict().items()}
         dev._record(0, plan.requests[0], {"programming": rep.summary(), "pretrain": pre})
         return dev
@@ -117,22 +117,30 @@ class Device:
             raise RmloraError(f"{folder} is not a device folder (no device.json); create one with rmlora deploy")
         try:
             meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise RmloraError(f"{meta_path} is corrupt (not JSON)") from None
+        if not isinstance(meta, dict):
+            raise RmloraError(f"{meta_path} is corrupt (not a JSON object)")
         if meta.get("schema_version") != DEVICE_SCHEMA:
             raise RmloraError(f"{folder}: device schema version {meta.get('schema_version')!r} is not the supported "
                               f"{DEVICE_SCHEMA}")
-        for name, digest in meta.get("files", {}).items():
+        need = {"files": dict, "config": dict, "classes": list, "columns": list, "history": list, "undone": list}
+        if any(not isinstance(meta.get(k), t) for k, t in need.items()):
+            raise RmloraError(f"{meta_path} is corrupt (it needs {', '.join(need)})")
+        for name, digest in meta["files"].items():
             p = folder / name
             if not p.is_file():
                 raise RmloraError(f"{folder}: {name} is missing")
-            if _sha256(p) != digest:
+            if file_sha256(p) != digest:
                 raise RmloraError(f"{folder}: {name} fails its checksum (altered or corrupt)")
+        if (folder / records.LEDGER).exists() or records.head_path(folder / records.LEDGER).exists():
+            records.verify(folder / records.LEDGER)
         cfg = ScenarioConfig.from_dict(meta["config"], f"{meta_path}")
         if data_dir is not None:
             cfg = cfg.replace(data_dir=data_dir)
         cfg = cfg.replace(progress=progress)
-        plan, run = cls._prepare(cfg)
+        with recording_inputs() as seen:
+            plan, run = cls._prepare(cfg)
         names = [plan.ds.names[c] for c in plan.order]
         if names != meta["classes"]:
             raise RmloraError(f"the data set at {plan.ds.source} does not hold the device's classes {meta['classes']}")
@@ -147,6 +155,7 @@ class Device:
             m.core.refresh()
         dev = cls(plan, run, lane, ClassState(), meta["history"], set(meta["undone"]))
         dev.float_state = float_state
+        dev.inputs_seen = seen
         dev._replay(folder)
         if [plan.ds.names[c] if c is not None else None for c in lane.columns] != meta["columns"]:
             raise RmloraError(f"{folder}: the replayed requests do not give the recorded output columns")
@@ -210,7 +219,7 @@ class Device:
     def _record(self, i: int, req: Request, extra: dict[str, Any]) -> dict[str, Any]:
         ev = self.evaluate()
         sram = self.lane.path.sram
-        rec = {"index": i, "request": str(req), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        rec = {"index": i, "request": str(req), "time": utc_now(),
                "metrics": ev.metrics, "sram_used_bits": sram.used_bits, "sram_free_bits": sram.free_bits,
                "adapters": list(sram.blocks), **extra}
         self.history.append(rec)
@@ -222,32 +231,36 @@ class Device:
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, folder: str | Path, *, new: bool = False) -> None:
-        """Write the device to ``folder`` through a temporary copy swapped in at the end."""
+        """Write the device to ``folder`` through a temporary copy swapped in at the end
+        (``new``: a new folder, which must be absent or empty)."""
         folder = Path(folder)
-        if new and folder.exists() and any(folder.iterdir()):
-            raise RmloraError(f"--out {folder} exists and is not empty; choose another folder")
-        if folder.exists() and not folder.is_dir():
-            raise RmloraError(f"{folder} exists and is not a folder")
-        parent = folder.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=parent))
+        if new:
+            with RunFolder(folder, marker="device.json", kind="device") as rf:
+                self._write(rf.tmp)
+            return
+        if not (folder / "device.json").is_file():
+            raise RmloraError(f"{folder} is not a device folder (no device.json)")
+        tmp = temp_sibling(folder.resolve())
         try:
-            if folder.is_dir():
-                for name in ("deletion_ledger.jsonl", "reports", "adapters"):
-                    src = folder / name
-                    if src.is_dir():
-                        shutil.copytree(src, tmp / name)
-                    elif src.is_file():
-                        shutil.copy2(src, tmp / name)
+            for name in (records.LEDGER, records.head_path(records.LEDGER).name, records.key_path(records.LEDGER).name,
+                         "reports", "adapters"):
+                src = folder / name
+                if src.is_dir():
+                    shutil.copytree(src, tmp / name)
+                elif src.is_file():
+                    shutil.copy2(src, tmp / name)
             self._write(tmp)
-            old = parent / f".{folder.name}.old-{time.time_ns()}"
-            if folder.exists():
-                folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def write(self, out: Path) -> None:
+        """Write every file of the device into the empty folder ``out`` (no temporary copy:
+        for a folder that is itself temporary, such as :attr:`RunFolder.tmp`)."""
+        if any(Path(out).iterdir()):
+            raise RmloraError(f"{out} is not empty")
+        self._write(Path(out))
 
     def _write(self, out: Path) -> None:
         lane, plan = self.lane, self.plan
@@ -258,7 +271,7 @@ class Device:
         i, req = last["index"], plan.requests[last["index"]]
         if req.kind in ("forget", "add", "repair"):
             save_adapter(model, self.tag(i), out / "adapters" / f"adapter-{self.tag(i)}.safetensors")
-        ledger_append(out / "deletion_ledger.jsonl", plan, i, last["metrics"], {"device_request": i})
+        ledger_append(out / records.LEDGER, plan, i, last["metrics"], {"device_request": i})
         save_file({k: v.contiguous() for k, v in self.float_state.items()}, str(out / "pretrained.safetensors"))
         sd = {k: v.detach().cpu().contiguous() for k, v in chip.state_dict().items()}
         sd[GENERATOR_KEY] = chip.generator.get_state()
@@ -268,6 +281,7 @@ class Device:
                    if "lora_" not in k and k not in analog_weights}
         save_file(digital, str(out / "digital.safetensors"))
         (out / "reports" / f"{i:02d}-{req.kind}.md").write_text(self.report(last))
+        env = {**environment(torch.get_num_threads()), "inputs": inputs_record(self.inputs_seen, out)}
         files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "device.json")
         meta = {"schema_version": DEVICE_SCHEMA, "workload": plan.workload.name,
                 "config": plan.config.replace(requests=list(plan.requests), learn=None, forget=None, add=None,
@@ -276,8 +290,8 @@ class Device:
                 "columns": [plan.ds.names[c] if c is not None else None for c in lane.columns],
                 "kept": plan.names(self.state.kept), "forgotten": plan.names(self.state.forgotten),
                 "undone": sorted(self.undone), "history": self.history,
-                "versions": versions(), "cpu": cpu_info(),
-                "files": {f: _sha256(out / f) for f in files}}
+                "environment": env,
+                "files": {f: file_sha256(out / f) for f in files}}
         write_json(out / "device.json", meta)
 
     def report(self, rec: dict[str, Any]) -> str:
@@ -308,10 +322,12 @@ SRAM: {sram.used_bits} bits used, {sram.free_bits} free of {sram.capacity_bits}.
 
     def status(self, folder: Path) -> str:
         """Adapters, SRAM, ledger verification and held-out accuracy, as text."""
-        ledger = folder / "deletion_ledger.jsonl"
+        ledger = folder / records.LEDGER
         if ledger.exists():
-            n = len(records.verify(ledger))
-            led = f"deletion ledger: {n} entr{'y' if n == 1 else 'ies'}, hash chain verified"
+            v = records.check(ledger)
+            n = len(v.entries)
+            led = (f"deletion ledger: {n} entr{'y' if n == 1 else 'ies'}, hash chain verified, head signed with the "
+                   f"{v.key} key {v.key_id}")
         else:
             led = "deletion ledger: empty"
         sram = self.lane.path.sram

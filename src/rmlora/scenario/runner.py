@@ -43,7 +43,9 @@ from rmlora.scenario.retention import retention
 from rmlora.methods import fit
 from rmlora.methods.paths import AdapterPath, FullPath
 from rmlora.metrics import accuracy_matrix_summary, avg_gap
-from rmlora.runinfo import Streams, cpu_info, new_run_dir, versions, write_json
+from rmlora.data.base import plural
+from rmlora.runinfo import (RunFolder, Streams, environment, inputs_record, note_input, recording_inputs,
+                             utc_now, write_json)
 from rmlora.scenario.results import PathResult, PathStep, RequestResult, ScenarioResult, SeedResult
 from rmlora.scenario.workload import ClassState, Workload, WorkloadSettings, get_workload
 
@@ -97,7 +99,7 @@ def apply_request(state: ClassState, req: Request, labels: list[int], requests: 
         bad = [c for c, lab in zip(req.classes, labels) if lab in s.kept]
         if bad:
             raise RmloraError(f"request {index} ({req}): {', '.join(bad)} is already learned; add must name "
-                              f"{unit}s not learned yet")
+                              f"{plural(unit)[2:]} not learned yet")
         gone = [c for c, lab in zip(req.classes, labels) if lab in s.forgotten]
         if gone:
             raise RmloraError(f"request {index} ({req}): {', '.join(gone)} was forgotten; undo that request "
@@ -200,24 +202,43 @@ def plan_scenario(cfg: ScenarioConfig, *, all_classes: bool = False) -> Plan:
         raise RmloraError(f"checkpoint {cfg.pretrained} does not exist")
     ds = w.load(cfg.data_dir, cfg.seed, cfg.download)
     requests = list(cfg.requests) if cfg.requests is not None else default_requests(w, ds, st, cfg)
+    origin = {}  # where a request's classes came from, when not from the user's request list
+    if cfg.requests is None:
+        origin = {i: f"--{r.kind}" if getattr(cfg, r.kind) is not None else f"the {w.name} workload's default "
+                  f"{r.kind} classes" for i, r in enumerate(requests)}
     if requests[0].kind != "learn":
         requests = default_requests(w, ds, st, cfg)[:1] + requests
+        origin = {0: "--learn" if cfg.learn is not None else f"the {w.name} workload's default learn classes",
+                  **{i + 1: o for i, o in origin.items()}}
     labels, states, undone = [], [], set()
     state = ClassState()
     for i, r in enumerate(requests):
-        lab = _resolve(ds, r.classes, f"request {i} ({r})") if r.classes else []
+        where = f"{origin[i]} ({r})" if i in origin else f"request {i} ({r})"
+        try:
+            lab = _resolve(ds, r.classes, where) if r.classes else []
+        except RmloraError as exc:
+            if i in origin and not origin[i].startswith("--"):
+                raise RmloraError(f"{exc}; name the classes with --learn, --forget and --add, or --requests") from None
+            raise
         if lab:  # from here on the request names its classes as the data set does
             r = requests[i] = r.replace(classes=[ds.names[c] for c in lab])
         labels.append(lab)
         state = apply_request(state, r, lab, requests, labels, undone, w.unit, i)
+        if len(state.kept) < 2:  # one output class: every accuracy is 100% by construction
+            raise RmloraError(f"request {i} ({r}) leaves {plural(w.unit, len(state.kept))} learned "
+                              f"({', '.join(ds.names[c] for c in state.kept)}); a scenario must keep at least two, "
+                              "or every score is 100% by construction")
         if r.kind == "undo":
             undone.add(r.target)
         states.append(state)
     order = []
     for lab in labels + ([list(range(len(ds.names)))] if all_classes else []):
         order += [c for c in lab if c not in order]
-    plan = Plan(cfg, w, configuration, st, adapter, method, profile, ds, requests, labels, states, order,
-                [cfg.seed + k for k in range(cfg.seeds or st.seeds)], chip_cfg)
+    seeds = [cfg.seed + k for k in range(cfg.seeds or st.seeds)]
+    if seeds[-1] >= 2 ** 63:
+        raise RmloraError(f"seeds {seeds[0]}..{seeds[-1]} pass 2**63-1; choose a smaller --seed")
+    plan = Plan(cfg, w, configuration, st, adapter, method, profile, ds, requests, labels, states, order, seeds,
+                chip_cfg)
     w.prepare(ds, order, st, cfg.seed, torch.Generator())  # refuses classes with too few examples now
     plan.sram_bits = plan_sram(plan)
     if cfg.pretrained:
@@ -262,8 +283,9 @@ def plan_sram(plan: Plan) -> list[int]:
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load float weights saved by a run (``pretrained.safetensors``) into ``model``."""
     path = Path(path)
-    if not path.exists():
-        raise RmloraError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise RmloraError(f"checkpoint {path} does not exist" if not path.exists() else f"checkpoint {path} is not a file")
+    note_input(path, "checkpoint")
     try:
         sd = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for a corrupt file
@@ -666,34 +688,42 @@ def pretrained_seed(plan: Plan, seed: int) -> tuple[Any, nn.Module, list]:
 
 def run_scenario(cfg: ScenarioConfig, out: str | Path | None = None) -> ScenarioResult:
     """Run ``cfg`` over its seeds; with ``out``, write the run folder (``summary.json``,
-    ``report.md``, plots, ``run.json``, ``deletion_ledger.jsonl``, ``weights/``)."""
+    ``report.md``, plots, ``run.json``, ``deletion_ledger.jsonl`` with its signed head,
+    ``data_files.sha256``, ``weights/``).
+
+    ``out`` must be new or empty (:class:`rmlora.runinfo.RunFolder`): the run is written
+    to a temporary sibling renamed into place when complete; a failed or interrupted
+    run leaves ``out`` untouched (its partial files, if any, in ``<out>.failed``)."""
     from rmlora.threads import configure_threads
 
-    plan = plan_scenario(cfg)
-    threads = configure_threads(cfg.threads)
-    env = {"versions": versions(), "cpu": cpu_info(), "threads": threads, "threads_requested": cfg.threads}
-    out_dir = new_run_dir(out) if out is not None else None
-    if out_dir is not None:
-        write_json(out_dir / "run.json", {"config": cfg.to_dict(), "configuration": plan.configuration,
-                                          "settings": plan.settings.to_dict(), "seeds": plan.seeds,
-                                          "dataset": {"kind": plan.ds.kind, "source": plan.ds.source},
-                                          "requests": [str(r) for r in plan.requests], **env})
-    per_seed = []
-    for k, s in enumerate(tqdm(plan.seeds, desc="seeds", disable=not cfg.progress or len(plan.seeds) == 1)):
-        per_seed.append(_SeedRun(plan, s, out_dir if k == 0 else None).run())
-    result = ScenarioResult(plan.workload.name, plan.configuration, {"kind": plan.ds.kind, "source": plan.ds.source},
-                            [str(r) for r in plan.requests], plan.method, plan.seeds, cfg.to_dict(),
-                            plan.settings.to_dict(), plan.adapter.to_dict(), cfg.chip.to_dict(), env, per_seed,
-                            [m for m, _ in plan.workload.request_metrics])
-    if out_dir is not None:
-        from rmlora.scenario.report import write_report
+    folder = RunFolder(out) if out is not None else None  # refuses a used --out before anything runs
+    with recording_inputs() as seen, (folder or contextlib.nullcontext()):
+        out_dir = folder.tmp if folder is not None else None
+        plan = plan_scenario(cfg)
+        env = environment(configure_threads(cfg.threads), cfg.threads)
+        run = {"config": cfg.to_dict(), "configuration": plan.configuration, "settings": plan.settings.to_dict(),
+               "seeds": plan.seeds, "dataset": {"kind": plan.ds.kind, "source": plan.ds.source},
+               "requests": [str(r) for r in plan.requests]}
+        if out_dir is not None:
+            write_json(out_dir / "run.json", {**run, **env, "status": "running"})
+        per_seed = []
+        for k, s in enumerate(tqdm(plan.seeds, desc="seeds", disable=not cfg.progress or len(plan.seeds) == 1)):
+            per_seed.append(_SeedRun(plan, s, out_dir if k == 0 else None).run())
+        env.update(finished=utc_now(), inputs=inputs_record(seen, out_dir))
+        result = ScenarioResult(plan.workload.name, plan.configuration,
+                                {"kind": plan.ds.kind, "source": plan.ds.source}, [str(r) for r in plan.requests],
+                                plan.method, plan.seeds, cfg.to_dict(), plan.settings.to_dict(), plan.adapter.to_dict(),
+                                cfg.chip.to_dict(), env, per_seed, [m for m, _ in plan.workload.request_metrics])
+        if out_dir is not None:
+            from rmlora.scenario.report import write_report
 
-        for r in per_seed:
-            for i, q in enumerate(r.requests):
-                ledger_append(out_dir / "deletion_ledger.jsonl", plan, i, q.paths["lora"].metrics,
-                              {"seed": r.seed, "preset": cfg.chip.preset, "method": plan.method})
-        write_report(out_dir, result, plan.workload)
-        write_json(out_dir / "summary.json", result.to_dict())
+            for r in per_seed:
+                for i, q in enumerate(r.requests):
+                    ledger_append(out_dir / records.LEDGER, plan, i, q.paths["lora"].metrics,
+                                  {"seed": r.seed, "preset": cfg.chip.preset, "method": plan.method})
+            write_report(out_dir, result, plan.workload)
+            write_json(out_dir / "summary.json", result.to_dict())
+            write_json(out_dir / "run.json", {**run, **env, "status": "finished"})
     return result
 
 
