@@ -99,18 +99,14 @@ _INTS = {"write_parallel_cells", "adcs_per_tile", "pe_macs_per_cycle", "pe_regis
 STRUCTURAL = frozenset(_INTS)
 _TYPES = {f.name: (int if f.name in _INTS else float) for f in dataclasses.fields(TechProfile)
           if f.name not in ("name", "ranges")}
-_DIVISORS = ("clock_hz", "pe_macs_per_cycle", "fp32_ops_per_cycle", "sram_bits_per_cycle", "adcs_per_tile",
-             "parallel_tiles", "write_parallel_cells", "node_energy_scale")
 
 
 def load_profile(name_or_path: str = "cmos-180nm", *, strict: bool = False) -> TechProfile:
-    """Load a built-in profile by name or a JSON file; refuses missing or negative constants, zero
-    divisors and malformed ranges, and with ``strict`` a constant outside its cited range."""
+    """Load a built-in profile by name or a JSON file; refuses what :func:`load_constants` refuses
+    (missing, unknown, negative or mistyped constants, zero counts and rates), malformed ranges,
+    and with ``strict`` a constant outside its cited range."""
     path = preset_path(PROFILE_DIR, name_or_path, "technology profile")
-    values, doc = load_constants(path, _TYPES, "technology profile")
-    for k in _DIVISORS:
-        if values[k] <= 0:
-            raise RmloraError(f"technology profile {path}: constant {k!r} must be > 0, got {values[k]!r}")
+    values, doc = load_constants(path, _TYPES, "technology profile")  # counts and rates > 0 there
     ranges = {}
     for k, entry in doc["constants"].items():
         r = entry.get("range") if isinstance(entry, dict) else None
