@@ -1,4 +1,5 @@
-"""Analogue layers: Linear, Conv1d and Conv2d computed from programmed conductances.
+"""Analogue layers: Linear, Conv1d, Conv2d and grouped/depthwise Conv2d computed from programmed
+conductances.
 
 Each layer keeps its float ``weight`` (the target the chip was programmed
 to, frozen unless a full-update baseline trains it) and a
@@ -22,6 +23,10 @@ driven into the columns (read noise per vector as above, reference
 columns left out), digitised per tile against full scales calibrated on
 random vectors, and summed; when ``weight`` requires grad (a full-update
 baseline), dL/dW = dL/dyᵀ·x on the digital unit.
+
+A grouped convolution (a depthwise one included) is block-diagonal: its groups' kernels are
+packed onto tiles as independent blocks, each read by its own MVM with only its rows driven
+(:class:`PackPlan`, :class:`PackedCore`, :class:`AnalogGroupedConv2d`).
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ from rmlora.hardware.converters import Ranges, adc_sum, dac, levels, vector_scal
 class CrossbarCore:
     """The analogue matrix of one layer: ``out`` x ``in`` weights on a chip."""
 
-    def __init__(self, chip: Chip, name: str, out_features: int, in_features: int) -> None:
+    def __init__(self, chip: Chip, name: str, out_features: int, in_features: int,
+                 cols_per_tile: int | None = None) -> None:
         self.chip = chip
         self.p = chip.device
         self.name = name
         self.out_features, self.in_features = out_features, in_features
-        self.handle: ArrayHandle = chip.allocate(name, in_features, out_features * self.p.cells_per_weight)
+        self.handle: ArrayHandle = chip.allocate(name, in_features, out_features * self.p.cells_per_weight,
+                                                 cols_per_tile)
         self.scale: torch.Tensor | None = None  # µS per weight unit, (out,)
         # (row tiles · tile rows, out) µS, zero below row ``in``: G − G_ref or G+ − G−
         self._signed: torch.Tensor | None = None
@@ -115,7 +122,30 @@ class CrossbarCore:
 
     @property
     def out_tile_width(self) -> int:
+        """Outputs (weights) per column tile."""
         return self.chip.tile_cols // self.p.cells_per_weight
+
+    @property
+    def in_tile_width(self) -> int:
+        """Inputs (rows) per row tile: the width of one tile's output in the transposed read."""
+        return self.chip.tile_rows
+
+    def row_drive(self) -> tuple[int, int]:
+        """(tiles one input row drives, cells it reads there, reference cells included)."""
+        h = self.handle
+        return h.col_tiles, h.cols + (h.col_tiles if self.p.mapping == "offset" else 0)
+
+    def mvms(self) -> int:
+        """Tile MVMs one input vector takes."""
+        return self.handle.row_tiles * self.handle.col_tiles
+
+    def transposed_outputs(self) -> int:
+        """ADC conversions of one vector's transposed read (every tile digitises its rows)."""
+        return self.handle.col_tiles * self.handle.rows
+
+    def weight_grad(self, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """dL/dW (out, in) of the crossbar matrix from dL/dy (B, out) and the inputs (B, in): digital."""
+        return gy.t() @ x
 
     @property
     def needs_ranges(self) -> bool:
@@ -284,7 +314,7 @@ class _AnalogMVM(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = core.backward_currents(gy)
         if ctx.needs_input_grad[1]:
-            gw = gy.t() @ x
+            gw = core.weight_grad(gy, x)
         return gx, gw, None, None
 
 
@@ -318,6 +348,12 @@ class AnalogLayer:
         """The float weights as the crossbar's (out, in) matrix."""
         return self.weight.detach().flatten(1)
 
+    @classmethod
+    def tiles_needed(cls, m: nn.Module, chip: Chip, name: str = "") -> int:
+        """Tiles the torch layer ``m`` (called ``name``) will occupy on ``chip``; one clear error
+        when it has no mapping."""
+        return chip.tiles_for(m.weight[0].numel(), m.weight.shape[0] * chip.device.cells_per_weight)
+
     def program(self) -> ProgramStats:
         return self.core.program(self.matrix())
 
@@ -333,24 +369,24 @@ class AnalogLayer:
     def _count(self, x2d: torch.Tensor) -> None:
         """Count the call just made: event-driven row drives (zero inputs and zero bits of a
         bit-serial plane drive nothing), one ADC conversion per column, tile and pass."""
-        h, led, p = self.core.handle, self.ledger, self.core.p
-        b, n_in = x2d.shape
+        h, led = self.core.handle, self.ledger
+        b = x2d.shape[0]
         n_out = self.core.out_features
         drives, passes = self.core.drives
         if drives is None:
             drives = int((x2d != 0).sum())
-        ref = h.col_tiles if p.mapping == "offset" else 0  # one reference column per tile
-        led.add("dac_conversions", drives * h.col_tiles)
-        led.add("cell_reads", drives * (h.cols + ref))
+        fanout, cells = self.core.row_drive()  # reference columns included (one per tile)
+        led.add("dac_conversions", drives * fanout)
+        led.add("cell_reads", drives * cells)
         led.add("adc_conversions", passes * b * h.row_tiles * n_out)
-        led.add("tile_mvms", passes * b * h.row_tiles * h.col_tiles)
+        led.add("tile_mvms", passes * b * self.core.mvms())
         if torch.is_grad_enabled() and x2d.requires_grad:  # transposed read for dL/dx
             led.add("dac_conversions", b * n_out * h.row_tiles)
             led.add("cell_reads", b * h.cells)
-            led.add("adc_conversions", b * h.col_tiles * n_in)
-            led.add("tile_mvms", b * h.row_tiles * h.col_tiles)
+            led.add("adc_conversions", b * self.core.transposed_outputs())
+            led.add("tile_mvms", b * self.core.mvms())
         if torch.is_grad_enabled() and self.weight.requires_grad:  # dL/dW on the digital unit
-            led.add("digital_macs", b * n_in * n_out)
+            led.add("digital_macs", b * self.weight.numel())
 
 
 def _adopt(new: nn.Module, old: nn.Module) -> None:
@@ -424,4 +460,236 @@ class AnalogConv1d(AnalogLayer, nn.Conv1d):
         return y
 
 
+# --------------------------------------------------------------------------- grouped convolutions
+class PackPlan:
+    """How a grouped convolution's kernels are packed onto tiles.
+
+    Group g of a convolution with G groups maps the cin_g·K² entries of its channels' im2col
+    vector (the K² taps of each channel, channel-major as F.unfold orders them) to its cout_g
+    outputs: a *block* of S = cin_g·K² rows by cout_g columns. The blocks are independent, so
+    each one is read by its own MVM: its S word lines are activated with its inputs and its
+    cout_g columns digitised; nothing else of the tile conducts. Blocks therefore share rows and
+    columns of a tile freely: a tile holds ``stack`` = ⌊rows/S⌋ blocks one above the other in
+    every run of cout_g weight columns. A depthwise 7x7 convolution (S = 49, cout_g = 1) puts
+    2 x 64 = 128 channels on one 128x128 tile of differential pairs (98 of its 128 rows used);
+    each output is one MVM over 49 cells, converted by one ADC conversion.
+
+    Array layout (rows ``stack``·S, columns ``n_cols``·cout_g weights): block (j, q) at rows
+    j·S.., weight columns q·cout_g.. holds group g = q·stack + j.
+    """
+
+    def __init__(self, conv: nn.Conv2d, chip: Chip, name: str) -> None:
+        k2 = conv.kernel_size[0] * conv.kernel_size[1]
+        cpw = chip.device.cells_per_weight
+        self.groups = conv.groups
+        self.rows = (conv.in_channels // conv.groups) * k2  # S, the rows of one block
+        self.width = conv.out_channels // conv.groups  # cout_g, the weight columns of one block
+        if self.rows > chip.tile_rows or self.width * cpw > chip.tile_cols:
+            raise RmloraError(f"{name}: a group's kernel block ({self.rows} rows x {self.width} outputs) does not "
+                              f"fit a tile of {chip.tile_rows}x{chip.tile_cols}; no packed tile mapping")
+        self.stack = min(chip.tile_rows // self.rows, self.groups)
+        self.n_cols = -(-self.groups // self.stack)  # block columns in all
+        self.cols_per_tile = (chip.tile_cols // (self.width * cpw)) * self.width * cpw  # cells, whole blocks
+        self.tiles = chip.tiles_for(self.stack * self.rows, self.n_cols * self.width * cpw, self.cols_per_tile)
+        g = torch.arange(self.groups)
+        q, j = g // self.stack, g % self.stack
+        #: array weight column of each output (G·cout_g,), array tile of each block (G,), array rows of each block
+        self.out_col = (q[:, None] * self.width + torch.arange(self.width)[None, :]).reshape(-1)
+        self.block_tile = (q * self.width * cpw) // self.cols_per_tile
+        self.block_rows = j[:, None] * self.rows + torch.arange(self.rows)[None, :]  # (G, S)
+        self.out_row = (j * self.rows).repeat_interleave(self.width)  # first array row of each output's block
+
+    def arrange(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Per-group blocks (G, cout_g, S) → the array's (n_cols·cout_g, stack·S) matrix
+        (zeros where no group sits); differentiable."""
+        pad = self.n_cols * self.stack - self.groups
+        b = F.pad(blocks, (0, 0, 0, 0, 0, pad)).view(self.n_cols, self.stack, self.width, self.rows)
+        return b.permute(0, 2, 1, 3).reshape(self.n_cols * self.width, self.stack * self.rows)
+
+    def blocks(self, a: torch.Tensor) -> torch.Tensor:
+        """An array-layout (stack·S, n_cols·cout_g) tensor (rows = inputs) → per group (G, S, cout_g)."""
+        v = a.reshape(self.stack, self.rows, self.n_cols, self.width).permute(2, 0, 1, 3)
+        return v.reshape(self.n_cols * self.stack, self.rows, self.width)[:self.groups]
+
+
+class PackedCore(CrossbarCore):
+    """The arrays of a grouped convolution packed by a :class:`PackPlan`: one MVM per group's
+    block with that group's slice of the im2col vector (B, G·S) → outputs (B, G·cout_g). Each
+    block's MVM has its read noise, its reference current (offset mapping: the tile's reference
+    cells on the same rows) and its own frozen ADC full scale; the transposed read of the
+    backward pass works block by block as well."""
+
+    def __init__(self, chip: Chip, name: str, plan: PackPlan) -> None:
+        self.plan = plan
+        super().__init__(chip, name, plan.n_cols * plan.width, plan.stack * plan.rows,
+                         cols_per_tile=plan.cols_per_tile)
+        self.out_features, self.in_features = plan.groups * plan.width, plan.groups * plan.rows  # logical
+
+    @property
+    def signed(self) -> torch.Tensor:
+        """Signed conductances of the array (stack·S, n_cols·cout_g), µS."""
+        return self._signed
+
+    @property
+    def out_tile_width(self) -> int:
+        return self.plan.width  # one ADC full scale per block
+
+    @property
+    def in_tile_width(self) -> int:
+        return self.plan.rows
+
+    def row_drive(self) -> tuple[int, int]:
+        """An input row drives the one block it belongs to."""
+        return 1, self.plan.width * self.p.cells_per_weight + (1 if self.p.mapping == "offset" else 0)
+
+    def mvms(self) -> int:
+        return self.plan.groups
+
+    def transposed_outputs(self) -> int:
+        return self.plan.groups * self.plan.rows
+
+    def refresh(self) -> None:
+        h, p = self.handle, self.plan
+        g = self.chip.conductance(h)
+        s = self.chip.read_sigma(h)
+        ref = self.chip.reference(h) if self.p.mapping == "offset" else None
+        if ref is not None:
+            g_ref, s_ref = ref  # (rows, tiles)
+            tile = torch.arange(p.n_cols * p.width, device=g.device) // (p.cols_per_tile // self.p.cells_per_weight)
+            signed = g - g_ref[:, tile]
+            rows, tiles = p.block_rows.to(g.device), p.block_tile.to(g.device)
+            # σ of the reference cells each block reads (G, S): one σ, or σ² per cell
+            self._ref_uniform, self._ref_sigma2 = _noise_form(s_ref[rows, tiles[:, None]], 0)
+        else:
+            signed = mapping.signed_conductance(g, self.p)
+            self._ref_uniform = self._ref_sigma2 = None
+        if self.p.mapping == "differential":
+            s = (s[:, 0::2] ** 2 + s[:, 1::2] ** 2).sqrt()
+        self._signed = signed.contiguous()
+        self._signed_t = None
+        self._sigma_uniform, self._sigma2 = _noise_form(s, 0)
+        self.ranges = self.chip.ranges(h)
+
+    def targets(self, weight: torch.Tensor) -> torch.Tensor:
+        """Targets (µS) of the array matrix ``weight`` (n_cols·cout_g, stack·S) with one scale per
+        block and column (each block is read alone, its digital gain its own), kept while the
+        weights fit it; ``scale`` is (stack·S, n_cols·cout_g) µS per weight unit."""
+        p = self.plan
+        out = weight.shape[0]
+        need = mapping.output_scale(weight.reshape(out * p.stack, p.rows), self.p).view(out, p.stack)
+        need = need.t().repeat_interleave(p.rows, dim=0)  # (stack·S, out)
+        self.scale = need if self.scale is None else torch.minimum(self.scale, need)
+        return mapping.to_conductance(weight, self.scale, self.p)
+
+    def _gain(self) -> torch.Tensor:
+        """1 / scale of each logical output (G·cout_g,): its block's and column's."""
+        dev = self.scale.device
+        return self._inverse_scale()[self.plan.out_row.to(dev), self.plan.out_col.to(dev)]
+
+    def _split(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        """(B, G·width) → (G, B, width)."""
+        return x.reshape(x.shape[0], self.plan.groups, width).transpose(0, 1)
+
+    @staticmethod
+    def _join(part: torch.Tensor) -> torch.Tensor:
+        """(G, B, width) → (1, B, G·width): every block's outputs side by side, one "row tile"."""
+        return part.transpose(0, 1).reshape(1, part.shape[1], -1)
+
+    def forward_currents(self, x: torch.Tensor) -> torch.Tensor:
+        if self.collect is not None:
+            record(self.collect, x)
+            return self._tile_products(x)[0][0] * self._gain()
+        return super().forward_currents(x)
+
+    def _tile_products(self, xq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise-free currents of every block (1, B, G·cout_g) and its inputs (G, B, S)."""
+        xt = self._split(xq, self.plan.rows)
+        return self._join(torch.bmm(xt, self.plan.blocks(self.signed).to(xq.dtype))), xt
+
+    def _read(self, xq: torch.Tensor, dclip: int, m: torch.Tensor | None = None) -> torch.Tensor:
+        chip, w = self.chip, self.plan.width
+        part, xt = self._tile_products(xq)
+        if chip.adc_bits is None and not self.noisy:
+            y = part[0] * self._gain()
+            self.clipped = [dclip, 0]
+            return y if m is None else y * m.unsqueeze(1)
+        norm = torch.linalg.vector_norm(xt, dim=2)  # (G, B)
+        full_std = ref_std = None
+        if self._sigma_uniform is not None:
+            full_std = self._join((norm * self._sigma_uniform).unsqueeze(2).expand(-1, -1, w))
+        elif self._sigma2 is not None:
+            full_std = self._join(torch.bmm(xt * xt, self.plan.blocks(self._sigma2)).sqrt_())
+        if self._ref_uniform is not None:
+            ref_std = (norm * self._ref_uniform).t().unsqueeze(0).contiguous()
+        elif self._ref_sigma2 is not None:
+            ref_std = torch.einsum("gbs,gs->bg", xt * xt, self._ref_sigma2).sqrt_().unsqueeze(0).contiguous()
+        y, aclip = adc_sum(part.contiguous(), w, chip.adc_bits, None if chip.adc_bits is None else self.ranges.adc,
+                           gain=self._gain(), full_std=None if full_std is None else full_std.contiguous(),
+                           ref_std=ref_std, seed=kernels.draw_seed(getattr(chip, "generator", None)))
+        self.clipped = [dclip, aclip]
+        return y if m is None else y.mul_(m.unsqueeze(1))
+
+    def _transposed_products(self, gq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Currents of every block's transposed read (1, B, G·S) for inputs ``gq`` (B, G·cout_g)
+        on its columns, and those inputs per block (G, B, cout_g)."""
+        gt = self._split(gq, self.plan.width)
+        return self._join(torch.bmm(gt, self.plan.blocks(self.signed).transpose(1, 2).to(gq.dtype))), gt
+
+    def backward_currents(self, gy: torch.Tensor) -> torch.Tensor:
+        chip, s = self.chip, self.plan.rows
+        g = gy * self._gain().to(gy.dtype)
+        if not self.needs_ranges and not self.noisy:
+            return self._transposed_products(g)[0][0]
+        m = vector_scale(g)
+        gq, _ = dac(g / m.unsqueeze(1), chip.dac_bits, torch.ones(()))
+        part, gt = self._transposed_products(gq)
+        full_std = None
+        if self._sigma_uniform is not None:
+            norm = torch.linalg.vector_norm(gt, dim=2)
+            full_std = self._join((norm * self._sigma_uniform).unsqueeze(2).expand(-1, -1, s)).contiguous()
+        elif self._sigma2 is not None:
+            full_std = self._join(torch.bmm(gt * gt, self.plan.blocks(self._sigma2).transpose(1, 2)).sqrt_())
+            full_std = full_std.contiguous()
+        y, _ = adc_sum(part.contiguous(), s, chip.adc_bits, None if chip.adc_bits is None else self.ranges.adc_t,
+                       full_std=full_std, seed=kernels.draw_seed(getattr(chip, "generator", None)))
+        return y.mul_(m.unsqueeze(1))
+
+    def weight_grad(self, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """dL/dW (G·cout_g, S) of the kernels, block by block (the digital unit's work)."""
+        p = self.plan
+        gw = torch.bmm(self._split(gy, p.width).transpose(1, 2), self._split(x, p.rows))
+        return gw.reshape(p.groups * p.width, p.rows)
+
+
+class AnalogGroupedConv2d(AnalogConv2d):
+    """``nn.Conv2d`` with ``groups`` > 1 (a depthwise convolution included) whose kernels are
+    packed onto tiles by a :class:`PackPlan`: im2col as :class:`AnalogConv2d` (its channel-major
+    rows are the groups' slices, in order), then one analogue MVM per group with its own slice."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, chip: Chip, name: str) -> "AnalogGroupedConv2d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, device="meta")
+        _adopt(new, conv)
+        new.plan = PackPlan(conv, chip, name)
+        new.core = PackedCore(chip, name, new.plan)
+        return new
+
+    @classmethod
+    def tiles_needed(cls, conv: nn.Module, chip: Chip, name: str = "") -> int:
+        return PackPlan(conv, chip, name).tiles
+
+    def matrix(self) -> torch.Tensor:
+        """The array's matrix (n_cols·cout_g, stack·S) of the packed kernels."""
+        p = self.plan
+        return p.arrange(self.weight.detach().reshape(p.groups, p.width, p.rows))
+
+
 ANALOG_TYPES = {nn.Linear: AnalogLinear, nn.Conv1d: AnalogConv1d, nn.Conv2d: AnalogConv2d}
+
+
+def analog_class(m: nn.Module) -> type[AnalogLayer] | None:
+    """The analogue class that replaces the torch layer ``m`` at deployment (None: stays digital)."""
+    if type(m) is nn.Conv2d and m.groups > 1:
+        return AnalogGroupedConv2d
+    return ANALOG_TYPES.get(type(m))
