@@ -69,7 +69,7 @@ def test_each_block_is_its_own_mvm_in_the_ledger():
     assert led.counts["cell_reads"] == 2 * drives
 
 
-def test_backward_is_a_transposed_read_per_block_and_the_weight_gradient_is_exact():
+def test_depthwise_dx_is_a_flipped_forward_read_per_block_and_the_weight_gradient_is_exact():
     torch.manual_seed(2)
     conv = nn.Conv2d(16, 16, 7, padding=3, groups=16)
     x = torch.randn(4, 16, 6, 6)
@@ -93,7 +93,7 @@ def test_backward_is_a_transposed_read_per_block_and_the_weight_gradient_is_exac
     err = float((xa.grad - xr.grad).norm() / xr.grad.norm())
     assert 0 < err < 0.5
     vectors = 4 * 36
-    assert led.counts["adc_conversions"] == vectors * 16 + vectors * 16 * 49  # forward + transposed read
+    assert led.counts["adc_conversions"] == 2 * vectors * 16  # one per output, one per input gradient
     assert led.counts["digital_macs"] == vectors * conv.weight.numel()
 
 
@@ -144,3 +144,24 @@ def test_redeploy_moves_only_the_changed_kernels():
 def test_a_group_block_larger_than_a_tile_has_no_packed_mapping():
     with pytest.raises(RmloraError, match="does not fit a tile"):
         deploy(nn.Sequential(nn.Conv2d(8, 8, 7, groups=2)), SimulatedChip(RRAM))  # 4·49 = 196 rows
+
+
+@pytest.mark.parametrize("preset", [RRAM, DIFF])
+def test_the_depthwise_convolution_read_equals_the_im2col_read(preset):
+    """The convolution form computes the same block MVMs as im2col (read noise off): the same
+    output up to float rounding, the same counts."""
+    torch.manual_seed(6)
+    conv = nn.Conv2d(40, 40, 7, padding=3, groups=40)
+    x = torch.randn(3, 40, 8, 8)
+    model, _, _ = _deployed(conv, preset.replace(read_noise_abs_uS=0.0, read_noise_rel=0.0), calib=x)
+    layer = model[0]
+    assert layer.core.depthwise_kernel == 7
+    leds = [Ledger(), Ledger()]
+    outs = []
+    for led in leds:
+        with torch.no_grad(), counting(model, led):
+            outs.append(model(x))
+        layer.core.depthwise_kernel = None  # the second time: im2col
+    lsb = float(layer.core.ranges.adc.max()) / 127 * float(layer.core._gain().max())
+    assert float((outs[0] - outs[1]).abs().max()) <= 1.01 * lsb
+    assert leds[0].counts == leds[1].counts

@@ -139,9 +139,22 @@ class CrossbarCore:
         """Tile MVMs one input vector takes."""
         return self.handle.row_tiles * self.handle.col_tiles
 
-    def transposed_outputs(self) -> int:
-        """ADC conversions of one vector's transposed read (every tile digitises its rows)."""
-        return self.handle.col_tiles * self.handle.rows
+    def backward_work(self) -> tuple[int, int, int, int]:
+        """(DAC conversions, cells read, ADC conversions, tile MVMs) of one vector's read for dL/dx:
+        the transposed read drives every column and digitises every row of every tile."""
+        h = self.handle
+        return self.out_features * h.row_tiles, h.cells, h.col_tiles * h.rows, h.row_tiles * h.col_tiles
+
+    def transposed_calibration(self, q: float) -> torch.Tensor:
+        """ADC full scales of the transposed read (column tiles, row tiles): the ``q``-th percentile
+        of |current| of each tile over 512 random Gaussian vectors scaled per vector (gradients have
+        no data before training starts)."""
+        from rmlora.hardware.calibration import _tile_percentile
+
+        dev = self.signed.device
+        g = torch.randn(512, self.out_features, generator=torch.Generator().manual_seed(0)).to(dev)
+        gq, _ = dac(g / vector_scale(g).unsqueeze(1), self.chip.dac_bits, torch.ones(()))
+        return _tile_percentile(self._transposed_products(gq.contiguous())[0], self.in_tile_width, q)
 
     def weight_grad(self, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """dL/dW (out, in) of the crossbar matrix from dL/dy (B, out) and the inputs (B, in): digital."""
@@ -361,32 +374,29 @@ class AnalogLayer:
         """The counted analogue MVM of input vectors ``x2d`` (B, in) → (B, out)."""
         y = self.core.mvm(x2d, self.weight if weight is None else weight)
         if self.ledger is not None:
-            self._count(x2d)
-            self.ledger.add("dac_clipped", self.core.clipped[0])
-            self.ledger.add("adc_clipped", self.core.clipped[1])
+            drives = self.core.drives[0]
+            self._count(x2d.shape[0], int((x2d != 0).sum()) if drives is None else drives,
+                        torch.is_grad_enabled() and x2d.requires_grad)
         return y
 
-    def _count(self, x2d: torch.Tensor) -> None:
-        """Count the call just made: event-driven row drives (zero inputs and zero bits of a
-        bit-serial plane drive nothing), one ADC conversion per column, tile and pass."""
-        h, led = self.core.handle, self.ledger
-        b = x2d.shape[0]
-        n_out = self.core.out_features
-        drives, passes = self.core.drives
-        if drives is None:
-            drives = int((x2d != 0).sum())
-        fanout, cells = self.core.row_drive()  # reference columns included (one per tile)
+    def _count(self, b: int, drives: int, input_grad: bool) -> None:
+        """Count the call just made on ``b`` input vectors: event-driven row drives (``drives``:
+        the non-zero inputs or set bits of a bit-serial plane), one ADC conversion per column,
+        tile and pass; the read for dL/dx when ``input_grad``; the clips."""
+        h, led, core = self.core.handle, self.ledger, self.core
+        passes = core.drives[1]
+        fanout, cells = core.row_drive()  # reference columns included (one per tile)
         led.add("dac_conversions", drives * fanout)
         led.add("cell_reads", drives * cells)
-        led.add("adc_conversions", passes * b * h.row_tiles * n_out)
-        led.add("tile_mvms", passes * b * self.core.mvms())
-        if torch.is_grad_enabled() and x2d.requires_grad:  # transposed read for dL/dx
-            led.add("dac_conversions", b * n_out * h.row_tiles)
-            led.add("cell_reads", b * h.cells)
-            led.add("adc_conversions", b * self.core.transposed_outputs())
-            led.add("tile_mvms", b * self.core.mvms())
+        led.add("adc_conversions", passes * b * h.row_tiles * core.out_features)
+        led.add("tile_mvms", passes * b * core.mvms())
+        if input_grad:  # the read that gives dL/dx
+            for key, n in zip(("dac_conversions", "cell_reads", "adc_conversions", "tile_mvms"), core.backward_work()):
+                led.add(key, b * n)
         if torch.is_grad_enabled() and self.weight.requires_grad:  # dL/dW on the digital unit
             led.add("digital_macs", b * self.weight.numel())
+        led.add("dac_clipped", core.clipped[0])
+        led.add("adc_clipped", core.clipped[1])
 
 
 def _adopt(new: nn.Module, old: nn.Module) -> None:
@@ -545,9 +555,6 @@ class PackedCore(CrossbarCore):
     def mvms(self) -> int:
         return self.plan.groups
 
-    def transposed_outputs(self) -> int:
-        return self.plan.groups * self.plan.rows
-
     def refresh(self) -> None:
         h, p = self.handle, self.plan
         g = self.chip.conductance(h)
@@ -654,6 +661,108 @@ class PackedCore(CrossbarCore):
                        full_std=full_std, seed=kernels.draw_seed(getattr(chip, "generator", None)))
         return y.mul_(m.unsqueeze(1))
 
+    # -- a depthwise convolution read as a convolution (no im2col) ------------------------------
+    #: odd kernel side K when the layer is a stride-1 "same" depthwise convolution on a chip with
+    #: calibrated converters and multi-bit inputs: then every block's MVM of every position is
+    #: computed as one depthwise convolution of the quantised input with the block kernels
+    #: (the same products, noise and conversions as the im2col path), and dL/dx is a *forward*
+    #: read of each block with the flipped patch of the output gradient (see depthwise_backward)
+    depthwise_kernel: int | None = None
+
+    def _kernels(self, a: torch.Tensor) -> torch.Tensor:
+        """Array-layout (stack·S, n_cols) per-cell values → per-channel kernels (C, 1, K, K)."""
+        k = self.depthwise_kernel
+        return self.plan.blocks(a).reshape(self.plan.groups, 1, k, k)
+
+    def _conv_read(self, xq: torch.Tensor, adc_fs: torch.Tensor | None, flip: bool = False
+                   ) -> tuple[torch.Tensor, int]:
+        """Every block's MVM at every position of the quantised maps ``xq`` (B, C, H, W) (with the
+        kernels flipped when ``flip``): read noise (and the reference cells' with the offset
+        mapping) and one ADC conversion each against ``adc_fs`` (1, C). Returns (currents in
+        digitised µS·input units (B, C, H, W), codes clipped)."""
+        chip, c, k = self.chip, self.plan.groups, self.depthwise_kernel
+        pad = k // 2
+
+        def kern(a: torch.Tensor, per_block: bool = False) -> torch.Tensor:  # array layout, or (C, S)
+            t = a.reshape(c, 1, k, k) if per_block else self._kernels(a)
+            return (t.flip(-1, -2) if flip else t).to(xq.dtype)
+        part = F.conv2d(xq, kern(self.signed), padding=pad, groups=c)
+        if chip.adc_bits is None and not self.noisy:
+            return part, 0
+        sq = xq * xq
+        norm = None
+        if self._sigma_uniform is not None or self._ref_uniform is not None:
+            norm = F.conv2d(sq, torch.ones(c, 1, k, k, dtype=xq.dtype, device=xq.device), padding=pad,
+                            groups=c).sqrt()
+        full_std = ref_std = None
+        if self._sigma_uniform is not None:
+            full_std = norm * self._sigma_uniform
+        elif self._sigma2 is not None:
+            full_std = F.conv2d(sq, kern(self._sigma2), padding=pad, groups=c).sqrt()
+        if self._ref_uniform is not None:
+            ref_std = norm * self._ref_uniform
+        elif self._ref_sigma2 is not None:  # (C, S) already per block
+            ref_std = F.conv2d(sq, kern(self._ref_sigma2, per_block=True), padding=pad, groups=c).sqrt()
+
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:  # (B, C, H, W) → (1, B·H·W, C)
+            return None if t is None else t.permute(0, 2, 3, 1).reshape(1, -1, c).contiguous()
+        y, aclip = adc_sum(rows(part), 1, chip.adc_bits, adc_fs, full_std=rows(full_std), ref_std=rows(ref_std),
+                           seed=kernels.draw_seed(getattr(chip, "generator", None)))
+        b, _, h, w = xq.shape
+        return y.view(b, h, w, c).permute(0, 3, 1, 2), aclip
+
+    def depthwise_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output (B, C, H, W) before the bias, for inputs ``x`` (B, C, H, W)."""
+        chip, c, k = self.chip, self.plan.groups, self.depthwise_kernel
+        if self.needs_ranges and self.ranges is None:
+            raise RmloraError(f"{self.name}: converter ranges are not calibrated; deploy with calibration inputs "
+                              f"or call rmlora.hardware.calibrate(model, feed) first")
+        fs = torch.ones(()) if self.ranges is None else self.ranges.dac
+        xq, _ = dac(x.detach().reshape(-1, x.shape[-1]), chip.dac_bits, fs)
+        xq = xq.view(x.shape)
+        ones = torch.ones(c, 1, k, k, dtype=x.dtype, device=x.device)
+
+        def in_patches(mask: torch.Tensor) -> int:  # entries of the im2col vectors where ``mask`` holds
+            return int(F.conv2d(mask.to(x.dtype), ones, padding=k // 2, groups=c).sum())
+        dclip = in_patches(x.detach().abs() > fs * (1 + 0.5 / levels(chip.dac_bits))) if chip.dac_bits else 0
+        self.drives = (in_patches(x.detach() != 0), 1)  # as the im2col path counts: non-zero inputs
+        y, aclip = self._conv_read(xq, None if chip.adc_bits is None else self.ranges.adc)
+        self.clipped = [dclip, aclip]
+        return y * self._gain().view(1, c, 1, 1).to(y.dtype)
+
+    def depthwise_backward(self, gy: torch.Tensor) -> torch.Tensor:
+        """dL/dx (B, C, H, W) from dL/dy (B, C, H, W): dL/dx[c, q] = Σ_k dL/dy[c, q − k]·w[c, k] is a
+        forward read of block c with the *flipped* patch of the gradient map — one conversion per
+        input gradient instead of a transposed read digitising each of the K² rows. The gradient
+        of each (sample, channel) map is scaled by its largest |value| before the DAC (block
+        floating point); ADC full scales from :meth:`transposed_calibration`."""
+        chip, c = self.chip, self.plan.groups
+        g = gy * self._gain().view(1, c, 1, 1).to(gy.dtype)
+        m = g.detach().abs().amax(dim=(2, 3), keepdim=True)
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        gq, _ = dac((g / m).reshape(-1, g.shape[-1]).contiguous(), chip.dac_bits, torch.ones(()))
+        y, _ = self._conv_read(gq.view(g.shape), None if chip.adc_bits is None else self.ranges.adc_t, flip=True)
+        return y * m
+
+    def transposed_calibration(self, q: float) -> torch.Tensor:
+        if self.depthwise_kernel is None:
+            return super().transposed_calibration(q)
+        from rmlora.hardware.calibration import _tile_percentile
+
+        s, c = self.plan.rows, self.plan.groups
+        g = torch.randn(512, c, s, generator=torch.Generator().manual_seed(0)).to(self.signed.device)
+        g = g / g.abs().amax(dim=2, keepdim=True)  # one flipped gradient patch per block, scaled by its max
+        gq, _ = dac(g.reshape(512 * c, s), self.chip.dac_bits, torch.ones(()))
+        blocks = self.plan.blocks(self.signed)[:, :, 0]  # (C, S)
+        part = (gq.view(512, c, s) * blocks.flip(-1)).sum(2).unsqueeze(0)  # (1, 512, C)
+        return _tile_percentile(part, 1, q)
+
+    def backward_work(self) -> tuple[int, int, int, int]:
+        p = self.plan
+        if self.depthwise_kernel is not None:  # K² rows driven, one conversion per block
+            return p.groups * p.rows, self.handle.cells, p.groups, p.groups
+        return p.groups * p.width, self.handle.cells, p.groups * p.rows, p.groups
+
     def weight_grad(self, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """dL/dW (G·cout_g, S) of the kernels, block by block (the digital unit's work)."""
         p = self.plan
@@ -673,7 +782,22 @@ class AnalogGroupedConv2d(AnalogConv2d):
         _adopt(new, conv)
         new.plan = PackPlan(conv, chip, name)
         new.core = PackedCore(chip, name, new.plan)
+        k = conv.kernel_size[0]
+        if (conv.in_channels == conv.groups == conv.out_channels and conv.kernel_size == (k, k) and k % 2
+                and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2)
+                and chip.range_mode == "calibrated" and not getattr(chip, "bit_serial", False)):
+            new.core.depthwise_kernel = k
         return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        core = self.core
+        if core.depthwise_kernel is None or core.collect is not None:
+            return super().forward(x)  # im2col, one MVM per block and vector (calibration records the vectors)
+        y = _DepthwiseRead.apply(x, self.weight, self)
+        if self.ledger is not None:
+            self._count(y.shape[0] * y.shape[2] * y.shape[3], core.drives[0], torch.is_grad_enabled() and
+                        x.requires_grad)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     @classmethod
     def tiles_needed(cls, conv: nn.Module, chip: Chip, name: str = "") -> int:
@@ -683,6 +807,27 @@ class AnalogGroupedConv2d(AnalogConv2d):
         """The array's matrix (n_cols·cout_g, stack·S) of the packed kernels."""
         p = self.plan
         return p.arrange(self.weight.detach().reshape(p.groups, p.width, p.rows))
+
+
+class _DepthwiseRead(torch.autograd.Function):
+    """A depthwise layer's analogue reads (:meth:`PackedCore.depthwise_forward`, ``_backward``);
+    dL/dW is digital and exact."""
+
+    @staticmethod
+    def forward(ctx, x, weight, layer: AnalogGroupedConv2d):  # noqa: D401
+        ctx.layer = layer
+        ctx.save_for_backward(x if weight.requires_grad else x.new_zeros(0))
+        return layer.core.depthwise_forward(x)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (x,) = ctx.saved_tensors
+        layer = ctx.layer
+        gx = layer.core.depthwise_backward(gy) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = torch.nn.grad.conv2d_weight(x, layer.weight.shape, gy, padding=layer.padding, groups=layer.groups)
+        return gx, gw, None
 
 
 ANALOG_TYPES = {nn.Linear: AnalogLinear, nn.Conv1d: AnalogConv1d, nn.Conv2d: AnalogConv2d}
