@@ -336,7 +336,11 @@ def kernel_distance(classifier: nn.Module, real: torch.Tensor, generated: torch.
     n = min(len(real), len(generated))
     if n < 4:
         return float("nan"), float("nan")
-    kid = KernelInceptionDistance(feature=_Features(classifier), subsets=subsets, subset_size=n // 2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "will save all extracted features": a few hundred here
+        kid = KernelInceptionDistance(feature=_Features(classifier), subsets=subsets, subset_size=n // 2)
     kid.update(_as_images(real, "real"), real=True)
     kid.update(_as_images(generated, "generated"), real=False)
     with torch.random.fork_rng(devices=[]):

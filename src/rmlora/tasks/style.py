@@ -185,10 +185,10 @@ def _configuration(config: str) -> dict[str, Any]:
     if config == "quick":
         return dict(
             **{**common, "seeds": 1}, config="quick",
-            pretrain=_tc(300, 3e-3, 32, 0), forget_lora=_tc(30, 1e-2, 16, 10), forget_full=_tc(30, 1e-3, 16, 10),
-            learn_lora=_tc(30, 1e-2, 16, 10), learn_full=_tc(30, 1e-3, 16, 10), rehearsal_per_class=4,
-            num_layers=2, hidden_size=32, sample_steps=8, samples_per_class=4, prediction_type="sample",
-            snr_gamma=None, classifier_steps=60, ema_decay=0.99, n_val=3, n_test=4, per_class=16, kid_subsets=10,
+            pretrain=_tc(400, 3e-3, 32, 0), forget_lora=_tc(40, 5e-3, 16, 10), forget_full=_tc(40, 1e-3, 16, 10),
+            learn_lora=_tc(40, 5e-3, 16, 10), learn_full=_tc(40, 1e-3, 16, 10), rehearsal_per_class=4,
+            num_layers=2, hidden_size=64, sample_steps=8, samples_per_class=4, prediction_type="sample",
+            snr_gamma=None, classifier_steps=150, ema_decay=0.99, n_val=3, n_test=4, per_class=16, kid_subsets=10,
             retention_chips=0)
     if config in ("cpu", "cpu-attention"):
         # budgets: the fewest steps at which the validation denoising loss of the float model stops falling

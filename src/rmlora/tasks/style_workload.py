@@ -22,7 +22,6 @@ judge's reported test accuracy.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
@@ -558,9 +557,7 @@ class StyleWorkload:
                 continue
             r = real_x[torch.isin(real_y, torch.tensor(idx))]
             g = x[torch.isin(labels, torch.tensor(idx))]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torchmetrics: features kept in memory (a few hundred)
-                m[f"kid_{group}"], m[f"kid_{group}_std"] = kernel_distance(clf, r, g, st.kid_subsets, seed=1)
+            m[f"kid_{group}"], m[f"kid_{group}_std"] = kernel_distance(clf, r, g, st.kid_subsets, seed=1)
             m[f"fd_{group}"] = frechet_distance(classifier_features(clf, r), classifier_features(clf, g))
         if data.grid_dir is not None and key:
             tags = {**{i: " (forgotten)" for i in f_idx}, **{i: " (new)" for i in n_idx}}
