@@ -196,9 +196,9 @@ def _configuration(config: str) -> dict[str, Any]:
         # retention section is left out (retention_chips 0) to keep 3 seeds within 20 minutes
         return dict(
             **common, config=config, block="attention" if config == "cpu-attention" else "convnext",
-            pretrain=_tc(900, 2e-3, 32, 0), forget_lora=_tc(80, 5e-3, 16, 20),
+            pretrain=_tc(1500, 2e-3, 32, 0), forget_lora=_tc(80, 5e-3, 16, 20),
             forget_full=_tc(80, 2e-4, 16, 20), learn_lora=_tc(80, 5e-3, 16, 20),
-            learn_full=_tc(80, 2e-4, 16, 20), rehearsal_per_class=8, retention_chips=0)
+            learn_full=_tc(80, 2e-4, 16, 20), rehearsal_per_class=8, retention_chips=0, classifier_steps=600)
     if config == "gpu":
         return dict(
             **common, config="gpu", device="cuda", space="latent", image_size=64, vae_widths=[64, 128, 128],

@@ -43,6 +43,10 @@ from rmlora.tasks.style_models import attach_rows, fold_rows, label_tables
 from rmlora.tasks.style_pipeline import LatentCodec, StyleDiffusion, noise_images, train_vae
 
 
+#: offset of the procedural seed of the judge's own images (a draw the generator never sees)
+JUDGE_DRAW = 1_000_003
+
+
 # --------------------------------------------------------------------------- data
 class StyleData:
     """One seed's split: images, the denoiser's inputs (pixels in [-1, 1] or latents, on the
@@ -123,21 +127,25 @@ def _noise_class_images(n: int, gen: torch.Generator, size: int) -> torch.Tensor
     return torch.cat([uni, gau, blk])
 
 
-def train_classifier(data: StyleData, seed: int, progress: bool) -> tuple[nn.Module, dict]:
-    """The judge of the run: a style head (the scenario's styles plus a noise class) and a subject
-    head, trained on the real training images of every class of the scenario (noise images have
-    no subject), checkpoint chosen on the validation images."""
+def train_classifier(data: StyleData, seed: int, progress: bool, source: dict[str, Any] | None = None
+                     ) -> tuple[nn.Module, dict]:
+    """The judge: a style head (the scenario's styles plus a noise class) and a subject head,
+    trained on real images of every class of the scenario — ``source``'s train and val splits (a
+    separate draw of the classes), else the seed's — with no subject for the noise images;
+    checkpoint chosen on the validation images. Its test accuracy is on the seed's test images."""
     st = data.settings
     styles, subjects = data.styles, data.subjects
     s_of = {s: i for i, s in enumerate(styles)}
     b_of = {b: i for i, b in enumerate(subjects)}
+    splits = source or data.splits
 
-    def labelled(split: str, gen: torch.Generator | None):
-        x, y = data.xy(split, data.order, unit=True)
-        ys = torch.tensor([s_of[data.style_of[int(k)]] for k in y], dtype=torch.long)
-        yb = torch.tensor([b_of[data.subject_of[int(k)]] for k in y], dtype=torch.long)
+    def labelled(part: Any, gen: torch.Generator | None):
+        keep = torch.isin(part.labels, torch.tensor(data.order, dtype=torch.long))
+        x, lab = part.images[keep], part.labels[keep]
+        ys = torch.tensor([s_of[data.ds.class_style[int(k)]] for k in lab], dtype=torch.long)
+        yb = torch.tensor([b_of[data.ds.class_subject[int(k)]] for k in lab], dtype=torch.long)
         if st.classifier_noise_class and gen is not None:
-            per = max(2, len(y) // len(data.order))
+            per = max(2, len(lab) // len(data.order))
             noise = _noise_class_images(per, gen, x.shape[-1])
             if st.latent:  # what a decoder makes of noise: the judge must call it noise too
                 noise = (data.codec.decode(data.codec.encode(noise.to(data.device) * 2 - 1)).clamp(-1, 1).cpu() + 1) / 2
@@ -146,18 +154,19 @@ def train_classifier(data: StyleData, seed: int, progress: bool) -> tuple[nn.Mod
             yb = torch.cat([yb, torch.full((per,), -1, dtype=torch.long)])
         return x, ys, yb
     gen = torch.Generator().manual_seed(seed)
-    xt, yt, bt = labelled("train", gen)
-    xv, yv, bv = labelled("val", gen)
+    xt, yt, bt = labelled(splits["train"], gen)
+    xv, yv, bv = labelled(splits["val"], gen)
     dev = "cuda" if data.device.type == "cuda" else "cpu"
     n_style = len(styles) + (1 if st.classifier_noise_class else 0)
     clf, val_acc = train_style_classifier(xt, yt, xv, yv, n_style, steps=st.classifier_steps, seed=seed,
                                           progress=progress, device=dev, train_subject=bt, val_subject=bv,
                                           n_subjects=len(subjects))
     clf = clf.cpu().eval()
-    xs, ys, bs = labelled("test", None)
+    xs, ys, bs = labelled(data.splits["test"], None)
     ps, pb = predict(clf, xs)
     info = {"styles": [data.ds.style_names[s] for s in styles] + (["noise"] if st.classifier_noise_class else []),
             "subjects": [data.ds.subject_names[b] for b in subjects], "val_acc": val_acc, "steps": st.classifier_steps,
+            "trained_on": "a separate procedural draw" if source else "the seed's training images",
             "test_style_acc": float((ps == ys).float().mean()), "test_subject_acc": float((pb == bs).float().mean())}
     return clf, info
 
@@ -301,6 +310,7 @@ class StyleWorkload:
 
     def __init__(self) -> None:
         self._sets: dict[tuple, style_data.StyleSet] = {}
+        self._judges: dict[tuple, tuple[nn.Module, dict]] = {}
 
     def settings(self, configuration: str) -> StyleSettings:
         return style_settings(configuration)
@@ -323,6 +333,7 @@ class StyleWorkload:
         if key not in self._sets:
             self._sets[key] = (style_data.load_style_folder(data_dir, size=st.image_size) if data_dir is not None
                                else style_data.make_procedural(seed=seed, size=st.image_size, per_class=st.per_class))
+            self._sets[key].recipe = recipe
         return self._sets[key]
 
     def default_classes(self, ds: style_data.StyleSet, st: StyleSettings) -> tuple[list, list, list]:
@@ -386,7 +397,18 @@ class StyleWorkload:
         st = data.settings
         if st.latent:
             data.set_codec(self._codec(data, seed, progress))
-        data.classifier, data.classifier_info = train_classifier(data, seed, progress)
+        recipe = getattr(data.ds, "recipe", None)
+        if data.ds.kind != "procedural" or recipe is None or st.latent:  # a folder: the seed's own images
+            data.classifier, data.classifier_info = train_classifier(data, seed, progress)
+            return
+        # procedural: a separate draw of the same classes (never the generator's images), one judge per run
+        key = (recipe[1], st.image_size, tuple(data.order), st.classifier_steps, st.per_class, st.n_val)
+        if key not in self._judges:
+            judge_ds = style_data.make_procedural(seed=recipe[1] + JUDGE_DRAW, size=st.image_size,
+                                                  per_class=st.per_class)
+            source = style_data.split_by_image(judge_ds, data.order, n_val=st.n_val, n_test=0, seed=recipe[1])
+            self._judges[key] = train_classifier(data, recipe[1], progress, source)
+        data.classifier, data.classifier_info = self._judges[key]
 
     def _codec(self, data: StyleData, seed: int, progress: bool) -> LatentCodec:
         from safetensors.torch import load_file, save_file
@@ -627,7 +649,8 @@ class StyleWorkload:
                  f"Conv2d sits in the arrays"
                  + (" — the depthwise convolutions as packed kernel blocks, each read by its own MVM "
                     "(docs/style.md)" if st.block == "convnext" else "") + ".\n",
-                 f"The judge is a CNN with two heads trained on the real images of all {len(names)} classes: the "
+                 f"The judge is a CNN with two heads trained on real images of all {len(names)} classes "
+                 f"({clf.get('trained_on', 'the training images')}): the "
                  f"style ({', '.join(clf.get('styles', []))}) and the subject ({', '.join(clf.get('subjects', []))}); "
                  f"validation score {_pct(clf.get('val_acc'))}, test accuracy on real images: style "
                  f"{_pct(clf.get('test_style_acc'))}, subject {_pct(clf.get('test_subject_acc'))} (first seed). A "
