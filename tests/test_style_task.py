@@ -76,17 +76,45 @@ def test_the_depthwise_convolutions_sit_in_the_arrays(quick_run):
     assert r.per_seed[0].paths["lora"].breakdown["inference_counts"].get("activation_macs", 0) == 0
 
 
-def test_forgetting_turns_the_forgotten_classes_into_noise(quick_run):
-    """The noise targets work: after the forget request the judge calls the forgotten classes'
-    samples noise far more often than before it (the quick model is too small to be judged on
-    style recognition; the cpu default is, in docs/style.md)."""
+def test_after_forgetting_the_forgotten_style_is_not_generated(quick_run):
     _, r = quick_run
-    before = r.metric("lora", "noise_share_forgotten", 0)["mean"]
-    for p in ("lora", "full"):  # the retrained model never saw them: it is scored on the style rate alone
-        after = r.metric(p, "noise_share_forgotten", 1)["mean"]
-        assert after >= 0.75 and after > before + 0.25, (p, before, after)
     for p in ("lora", "full", "retrain"):
-        assert r.metric(p, "forget_style_rate", 1)["mean"] <= 0.25
+        assert r.metric(p, "forget_style_rate", 1)["mean"] <= 0.25, p
+        assert r.metric(p, "forget_style_rate", 2)["mean"] <= 0.25, p  # and stays so after the add
+
+
+def test_the_forget_objective_pulls_the_forgotten_labels_to_noise():
+    """The noise-target objective (the authors' forgetting): a few steps make the model's denoising of
+    uniform-noise images under the forgotten labels far better, while the kept classes are rehearsed."""
+    from rmlora.scenario.workload import ClassState, get_workload
+
+    w, st = get_workload("style"), style_settings("quick")
+    ds = w.load(None, 0)
+    order = ds.expand("style:hatching") + ds.expand("style:stippling")
+    forget = ds.expand("style:stippling")
+    data = w.prepare(ds, order, st, 0, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = st.build(len(order))
+    with torch.no_grad():  # off adaLN-Zero's start, so that labels matter
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    obj = w.objective("forget", model, data, forget=forget, new=[], state=ClassState(order, order), columns=order,
+                      settings=st, method="noise", gen=torch.Generator().manual_seed(1), seed=2)
+    g = torch.Generator().manual_seed(3)
+    x = data.noise_targets(24, g)
+    y = torch.tensor(data.idx(forget)).repeat(8)
+    fixed = (torch.randn(x.shape, generator=g), torch.randint(0, st.train_timesteps, (24,), generator=g))
+
+    def noise_loss() -> float:
+        with torch.no_grad():
+            return float(data.diff.loss(model, x, y, None, fixed=fixed))
+    before = noise_loss()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(40):
+        opt.zero_grad()
+        obj.loss(step).backward()
+        opt.step()
+    assert noise_loss() < 0.7 * before
 
 
 def test_adapter_deployment_writes_no_cell(quick_run):
@@ -258,3 +286,25 @@ def test_the_cli_refuses_bad_style_requests_with_one_error_line(tmp_path, args, 
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
     assert not out.exists()
+
+
+def test_the_comparison_table_of_refresh_docs(quick_run, tmp_path):
+    """scripts/style_compare.py writes its table between the markers of a doc, and nothing else."""
+    import importlib.util
+
+    out, r = quick_run
+    spec = importlib.util.spec_from_file_location("style_compare", Path(__file__).parents[1] / "scripts" /
+                                                  "style_compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc = tmp_path / "style.md"
+    doc.write_text(f"before\n{mod.BEGIN}\nold\n{mod.END}\nafter\n")
+    summary = str(out / "summary.json")
+    assert mod.main([summary, summary, str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "| | convnext DiT | convnext DiT |" in text and "| kept classes recognised (LoRA) |" in text
+    assert "| share of inference energy without fixed weights | 0.0% | 0.0% |" in text
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers")
+    assert mod.main([summary, summary, str(bare)]) == 2 and bare.read_text() == "no markers"
