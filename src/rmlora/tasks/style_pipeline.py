@@ -14,7 +14,6 @@ and, for latent configurations, the frozen autoencoder between images and the de
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 import torch

@@ -289,11 +289,6 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.0f}%"
 
 
-def _mean(vals: list[float]) -> float:
-    vals = [v for v in vals if v == v]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
 # --------------------------------------------------------------------------- the workload
 class StyleWorkload:
     """Stylized image generation on style x subject classes (procedural or a folder)."""
