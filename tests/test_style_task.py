@@ -310,3 +310,21 @@ def test_the_comparison_table_of_refresh_docs(quick_run, tmp_path):
     bare = tmp_path / "bare.md"
     bare.write_text("no markers")
     assert mod.main([summary, summary, str(bare)]) == 2 and bare.read_text() == "no markers"
+
+
+def test_a_latent_configuration_runs_end_to_end_and_its_autoencoder_is_reused(tmp_path):
+    """Tiny budgets: the autoencoder is trained, saved in the run folder, and a second run reads it back."""
+    tiny = {"space": "latent", "vae_widths": [8, 16], "vae_steps": 3, "vae_batch": 4, "pretrain": {"steps": 10},
+            "forget_lora": {"steps": 2}, "forget_full": {"steps": 2}, "learn_lora": {"steps": 2},
+            "learn_full": {"steps": 2}, "classifier_steps": 5, "samples_per_class": 2, "sample_steps": 2,
+            "kid_subsets": 2}
+    r = run_scenario(_cfg(settings=tiny, requests=["forget:style:stippling"]), tmp_path / "a")
+    vae = tmp_path / "a" / "weights" / "vae.safetensors"
+    assert vae.is_file() and r.per_seed[0].extras["vae"]["saved"] == "weights/vae.safetensors"
+    assert "AutoencoderKL" in (tmp_path / "a" / "report.md").read_text()
+    r2 = run_scenario(_cfg(settings={**tiny, "vae_checkpoint": str(vae)}, requests=["forget:style:stippling"]),
+                      tmp_path / "b")
+    assert r2.per_seed[0].extras["vae"]["loaded_from"] == str(vae)
+    with pytest.raises(RmloraError, match="vae_checkpoint .* does not exist"):
+        run_scenario(_cfg(settings={**tiny, "vae_checkpoint": str(tmp_path / "none.safetensors")}), tmp_path / "c")
+    assert not (tmp_path / "c").exists()

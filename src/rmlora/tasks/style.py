@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,6 +111,8 @@ class StyleSettings(WorkloadSettings):
             raise RmloraError(f"settings.block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
         if self.space not in ("pixel", "latent"):
             raise RmloraError(f"settings.space must be pixel or latent, got {self.space!r}")
+        if self.vae_checkpoint is not None and not Path(self.vae_checkpoint).is_file():
+            raise RmloraError(f"settings.vae_checkpoint {self.vae_checkpoint} does not exist")
         if self.kernel_size % 2 == 0:
             raise RmloraError(f"settings.kernel_size must be odd, got {self.kernel_size}")
         if not self.vae_widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.vae_widths):
