@@ -90,7 +90,7 @@ def main() -> None:
         our, share = ours(summary)
         pm = paper_model(model)
         sched = pm.schedule if share is None else dataclasses.replace(pm.schedule, moved_per_step=share)
-        net, example = pm.build(sched.batch)
+        net, example = pm.build(min(sched.batch, pm.count_batch or sched.batch))
         proj = project(net, example, adapter=pm.adapter, schedule=sched, profile=prof, exclude=pm.exclude,
                        loss_fn=pm.loss)
         equal = dataclasses.replace(sched, full_steps=None)

@@ -18,7 +18,9 @@ for w in face speaker; do  # the calibration percentile, on validation data only
   python3 benchmarks/calibration_percentile.py --workload "$w" --data-dir "$data" --seeds "$([ $w = face ] && echo 3 || echo 2)" \
     --json > "docs/calibration_percentile_$w.json"
 done
-run style-demo --workload style &
+# the style lane: the ConvNeXt default and the attention option on the same seeds, then the comparison table
+( run style-demo --workload style && run style-attention --workload style --configuration cpu-attention &&
+  python3 scripts/style_compare.py docs/style-demo/summary.json docs/style-attention/summary.json docs/style.md ) &
 style=$!
 run face-demo --workload face --data-dir "$data"
 run face-sequence --workload face --data-dir "$data" --seeds 3 --requests "forget:s3,add:s6,forget:s1,add:s7,undo:1"
@@ -28,4 +30,4 @@ run speaker-sequence --workload speaker --data-dir "$data" --seeds 1 --requests 
 wait "$style"
 python3 scripts/readme_tables.py README.md docs/face-demo/summary.json
 echo "regenerated docs/sigma_curve.png, docs/calibration_percentile_*.json, docs/face-demo, docs/face-sequence, docs/face-wan2022, docs/speaker-demo," \
-     "docs/speaker-sequence, docs/style-demo and README.md's tables"
+     "docs/speaker-sequence, docs/style-demo, docs/style-attention, docs/style.md's comparison and README.md's tables"

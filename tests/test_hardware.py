@@ -231,8 +231,8 @@ def test_running_out_of_tiles_leaves_the_model_usable():
         assert torch.equal(model(x), ref(x))
 
 
-def test_grouped_convolution_is_refused_before_anything_changes():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(4, 4, 3, groups=2))
+def test_grouped_convolution_without_a_tile_mapping_is_refused_before_anything_changes():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(64, 64, 7, groups=2))  # a group's block: 1568 rows
     chip = SimulatedChip("ideal")
     with pytest.raises(RmloraError, match="group"):
         deploy(model, chip)

@@ -11,8 +11,8 @@ import torch.nn as nn
 from PIL import Image
 
 from rmlora.data.styles import (
-    CONTENT_NAMES,
     STYLE_NAMES,
+    SUBJECT_NAMES,
     StyleSet,
     load_style_folder,
     load_styles,
@@ -24,6 +24,8 @@ from rmlora.metrics.generation import (
     StyleClassifier,
     fd_per_class,
     frechet_distance,
+    kernel_distance,
+    predict,
     sample_grid,
     style_rates,
     train_style_classifier,
@@ -40,7 +42,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def small() -> StyleSet:
     with limit_threads(1):
-        return make_procedural(per_pair=20, seed=0)
+        return make_procedural(per_class=20, seed=0)
 
 
 # ---------------------------------------------------------------------------
@@ -49,49 +51,51 @@ def small() -> StyleSet:
 
 
 def test_procedural_shapes_ranges_and_labels(small: StyleSet) -> None:
-    n_styles, n_contents, per_pair = 10, 3, 20
-    assert len(small) == n_styles * n_contents * per_pair
+    n_styles, n_subjects, per_class = 10, 3, 20
+    assert len(small) == n_styles * n_subjects * per_class
     assert small.images.shape == (len(small), 3, 32, 32)
     assert small.images.dtype == torch.float32
     assert float(small.images.min()) >= 0.0 and float(small.images.max()) <= 1.0
-    for t in (small.labels, small.contents, small.image_ids):
+    for t in (small.labels, small.styles, small.subjects, small.image_ids):
         assert t.dtype == torch.int64 and t.shape == (len(small),)
-    assert len(small.names) >= 10 and len(set(small.names)) == len(small.names)
-    assert small.content_names == ["cat", "bird", "fish"]
+    # 30 classes <style>-<subject>, style-major, as the authors' loader names them
+    assert len(small.names) == 30 and small.names[:4] == ["hatching-cat", "hatching-bird", "hatching-fish",
+                                                          "cross_hatch-cat"]
+    assert small.subject_names == ["cat", "bird", "fish"] and small.style_names == list(STYLE_NAMES)
     assert small.kind == "procedural"
     assert len(torch.unique(small.image_ids)) == len(small)
-    # Every (style, content) pair has per_pair images.
-    pairs = small.labels * 10 + small.contents
-    counts = torch.bincount(pairs, minlength=100).reshape(10, 10)[:, :3]
-    assert torch.all(counts == per_pair)
+    assert torch.equal(small.labels, small.styles * 3 + small.subjects)
+    assert small.class_style[7] == 2 and small.class_subject[7] == 1
+    assert torch.all(torch.bincount(small.labels) == per_class)
     # Images are not constant and not all alike.
     assert float(small.images.std(dim=(1, 2, 3)).min()) > 0.02
     assert float((small.images[0] - small.images[1]).abs().mean()) > 0.01
 
 
 def test_procedural_deterministic_per_seed_and_different_across_seeds() -> None:
-    a = make_procedural(n_styles=10, per_pair=3, seed=5)
-    b = make_procedural(n_styles=10, per_pair=3, seed=5)
-    c = make_procedural(n_styles=10, per_pair=3, seed=6)
+    a = make_procedural(n_styles=10, per_class=3, seed=5)
+    b = make_procedural(n_styles=10, per_class=3, seed=5)
+    c = make_procedural(n_styles=10, per_class=3, seed=6)
     assert torch.equal(a.images, b.images)
-    assert torch.equal(a.labels, b.labels) and torch.equal(a.contents, b.contents)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.subjects, b.subjects)
     assert a.images.shape == c.images.shape
     assert float((a.images - c.images).abs().mean()) > 0.05
     # Fewer styles is a prefix of more (same seed).
-    p = make_procedural(n_styles=4, per_pair=3, seed=5)
+    p = make_procedural(n_styles=4, per_class=3, seed=5)
     assert torch.equal(p.images, a.images[: len(p)])
-    assert p.names == a.names[:4]
+    assert p.names == a.names[:12]
 
 
 def test_procedural_size_and_bad_arguments() -> None:
-    s = make_procedural(n_styles=2, n_contents=2, per_pair=2, size=16)
-    assert s.images.shape == (8, 3, 16, 16)
+    s = make_procedural(n_styles=2, n_subjects=2, per_class=2, size=16)
+    assert s.images.shape == (8, 3, 16, 16) and s.names == ["hatching-cat", "hatching-bird", "cross_hatch-cat",
+                                                           "cross_hatch-bird"]
     with pytest.raises(RmloraError, match="n_styles"):
         make_procedural(n_styles=len(STYLE_NAMES) + 1)
-    with pytest.raises(RmloraError, match="n_contents"):
-        make_procedural(n_contents=0)
-    with pytest.raises(RmloraError, match="per_pair"):
-        make_procedural(per_pair=0)
+    with pytest.raises(RmloraError, match="n_subjects"):
+        make_procedural(n_subjects=0)
+    with pytest.raises(RmloraError, match="per_class"):
+        make_procedural(per_class=0)
 
 
 def test_styles_differ_in_texture_not_only_colour(small: StyleSet) -> None:
@@ -100,22 +104,23 @@ def test_styles_differ_in_texture_not_only_colour(small: StyleSet) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    sp = split_by_image(small, list(range(10)), n_val=10, n_test=15, seed=0)
+    sp = split_by_image(small, list(range(30)), n_val=3, n_test=5, seed=0)
     tr, va, te = sp["train"], sp["val"], sp["test"]
 
     def colour(s: StyleSet) -> np.ndarray:
         return s.images.mean(dim=(2, 3)).numpy()
 
     lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    lr.fit(colour(tr), tr.labels.numpy())
-    colour_acc = lr.score(colour(te), te.labels.numpy())
+    lr.fit(colour(tr), tr.styles.numpy())
+    colour_acc = lr.score(colour(te), te.styles.numpy())
 
     model, val_acc = train_style_classifier(
-        tr.images, tr.labels, va.images, va.labels, 10, steps=100, eval_every=20, seed=0
-    )
+        tr.images, tr.styles, va.images, va.styles, 10, steps=100, eval_every=20, seed=0,
+        train_subject=tr.subjects, val_subject=va.subjects, n_subjects=3)
     assert isinstance(model, StyleClassifier) and not model.training
-    with torch.no_grad():
-        cnn_acc = float((model(te.images).argmax(1) == te.labels).float().mean())
+    style, subject = predict(model, te.images)
+    cnn_acc = float((style == te.styles).float().mean())
+    assert subject is not None and subject.shape == te.subjects.shape
     assert 0.0 <= val_acc <= 1.0
     assert colour_acc < 0.6, colour_acc
     assert cnn_acc > 0.8, cnn_acc
@@ -127,44 +132,46 @@ def test_styles_differ_in_texture_not_only_colour(small: StyleSet) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_resolve_and_subset(small: StyleSet) -> None:
-    assert small.resolve("hatching") == 0
-    assert small.resolve("Pixel_Art") == small.names.index("pixel_art")
+def test_resolve_expand_and_subset(small: StyleSet) -> None:
+    assert small.resolve("hatching-cat") == 0
+    assert small.resolve("Pixel_Art-Fish") == small.names.index("pixel_art-fish")
     assert small.resolve(3) == 3 and small.resolve("3") == 3
-    with pytest.raises(RmloraError, match="hatching"):
+    assert small.expand("style:stippling") == [6, 7, 8] and small.expand("stippling-bird") == [7]
+    assert small.expand("subject:fish") == [2 + 3 * k for k in range(10)]
+    with pytest.raises(RmloraError, match="style:NAME"):
         small.resolve("van_gogh")
+    with pytest.raises(RmloraError, match="unknown style 'van_gogh'.*hatching"):
+        small.expand("style:van_gogh")
+    with pytest.raises(RmloraError, match="unknown subject"):
+        small.expand("subject:dog")
     with pytest.raises(RmloraError):
-        small.resolve(10)
+        small.resolve(30)
     sub = small.subset(small.labels == 2)
-    assert len(sub) == 60 and set(sub.labels.tolist()) == {2}
-    assert sub.names == small.names and sub.content_names == small.content_names
+    assert len(sub) == 20 and set(sub.labels.tolist()) == {2}
+    assert sub.names == small.names and sub.subject_names == small.subject_names
 
 
 def test_split_by_image_no_overlap_and_balanced(small: StyleSet) -> None:
-    sp = split_by_image(small, ["cel", 0, "watercolour"], n_val=4, n_test=6, seed=1)
+    sp = split_by_image(small, ["cel-cat", 0, "watercolour-fish"], n_val=4, n_test=6, seed=1)
     assert set(sp) == {"train", "val", "test"}
     ids = {k: set(v.image_ids.tolist()) for k, v in sp.items()}
     assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
-    want = {small.resolve("cel"), 0, small.resolve("watercolour")}
-    for k, n_per in (("val", 4), ("test", 6), ("train", 50)):
+    want = {small.resolve("cel-cat"), 0, small.resolve("watercolour-fish")}
+    for k, n_per in (("val", 4), ("test", 6), ("train", 10)):
         v = sp[k]
         assert set(v.labels.tolist()) == want
         assert torch.all(torch.bincount(v.labels)[list(want)] == n_per)
-        # rows carry the right images
-        assert torch.equal(v.images, small.images[v.image_ids])
-    # contents spread evenly over the test side (6 per style -> 2 of each)
+        assert torch.equal(v.images, small.images[v.image_ids])  # rows carry the right images
+    # deterministic, and one class's split does not depend on the others listed
     t = sp["test"]
-    for lab in want:
-        assert torch.bincount(t.contents[t.labels == lab], minlength=3).tolist() == [2, 2, 2]
-    # deterministic, and one style's split does not depend on the others listed
-    again = split_by_image(small, ["cel"], n_val=4, n_test=6, seed=1)
-    cel = small.resolve("cel")
+    again = split_by_image(small, ["cel-cat"], n_val=4, n_test=6, seed=1)
+    cel = small.resolve("cel-cat")
     assert set(again["test"].image_ids.tolist()) == set(t.image_ids[t.labels == cel].tolist())
-    other = split_by_image(small, ["cel"], n_val=4, n_test=6, seed=2)
+    other = split_by_image(small, ["cel-cat"], n_val=4, n_test=6, seed=2)
     assert set(other["test"].image_ids.tolist()) != set(again["test"].image_ids.tolist())
     with pytest.raises(RmloraError, match="needs at least"):
-        split_by_image(small, [0], n_val=30, n_test=30)
-    with pytest.raises(RmloraError, match="unknown style"):
+        split_by_image(small, [0], n_val=10, n_test=10)
+    with pytest.raises(RmloraError, match="unknown class"):
         split_by_image(small, ["nope"], n_val=1, n_test=1)
 
 
@@ -183,32 +190,37 @@ def test_load_style_folder(tmp_path: Path) -> None:
     red = np.zeros((40, 60, 3), np.uint8)
     red[..., 0] = 255
     red[:, :10] = 0  # cropped away by the centre square crop (columns 10..49 kept)
-    blue = np.zeros((24, 24, 3), np.uint8)
+    blue = np.zeros((40, 60, 3), np.uint8)
     blue[..., 2] = 200
     _write(root / "s10" / "Cats" / "1.png", blue)
     _write(root / "s2" / "Cats" / "10.png", red)
     _write(root / "s2" / "Cats" / "2.png", blue)
     _write(root / "s2" / "Birds" / "1.png", red)
-    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent -> white
-    _write(root / "s2" / "Birds" / "a.png", rgba, mode="RGBA")
     (root / "s2" / "Birds" / "notes.txt").write_text("not an image")
     ds = load_style_folder(root, size=8)
     assert ds.kind == "folder"
-    assert ds.names == ["s2", "s10"]  # natural order
-    assert ds.content_names == ["Birds", "Cats"]
-    assert len(ds) == 5 and ds.images.shape == (5, 3, 8, 8)
+    assert ds.style_names == ["s2", "s10"] and ds.subject_names == ["Birds", "Cats"]  # natural order
+    assert ds.names == ["s2-Birds", "s2-Cats", "s10-Cats"]  # the pairs present
+    assert len(ds) == 4 and ds.images.shape == (4, 3, 8, 8)
     assert float(ds.images.min()) >= 0 and float(ds.images.max()) <= 1
-    assert ds.labels.tolist() == [0, 0, 0, 0, 1]
-    assert ds.contents.tolist() == [0, 0, 1, 1, 1]
+    assert ds.labels.tolist() == [0, 1, 1, 2] and ds.styles.tolist() == [0, 0, 0, 1]
+    assert ds.subjects.tolist() == [0, 1, 1, 1]
     # s2/Birds/1.png: red after the centre crop drops the black strip
     assert torch.allclose(ds.images[0], torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).expand(3, 8, 8), atol=0.02)
-    assert torch.allclose(ds.images[1], torch.ones(3, 8, 8), atol=0.02)  # transparent -> white
     # natural file order within a folder: 2.png (blue) before 10.png (red)
-    assert float(ds.images[2, 2].mean()) > 0.7 and float(ds.images[3, 0].mean()) > 0.9
-    assert ds.resolve("s10") == 1
-    with pytest.raises(RmloraError, match="s2, s10"):
-        ds.resolve("s3")
+    assert float(ds.images[1, 2].mean()) > 0.7 and float(ds.images[2, 0].mean()) > 0.9
+    assert ds.expand("style:s10") == [2] and ds.expand("subject:Cats") == [1, 2]
     assert torch.equal(load_styles(str(root), size=8).images, ds.images)
+
+
+@pytest.mark.parametrize("odd, what", [((30, 60, 3), "30x40"), ((40, 60, 4), "RGBA")])
+def test_a_folder_whose_images_differ_in_size_or_mode_is_refused(tmp_path: Path, odd, what) -> None:
+    root = tmp_path / "canvas"
+    _write(root / "a" / "cat" / "1.png", np.zeros((40, 60, 3), np.uint8))
+    _write(root / "b" / "cat" / "1.png", np.zeros(odd, np.uint8), mode="RGBA" if odd[-1] == 4 else "RGB")
+    with pytest.raises(RmloraError, match="same size and mode") as exc:
+        load_style_folder(root, size=8)
+    assert "b/cat/1.png" in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_load_style_folder_errors(tmp_path: Path) -> None:
@@ -216,10 +228,10 @@ def test_load_style_folder_errors(tmp_path: Path) -> None:
         load_style_folder(tmp_path / "missing")
     with pytest.raises(RmloraError, match="does not exist"):
         load_styles(str(tmp_path / "missing"))
-    (tmp_path / "empty" / "style" / "content").mkdir(parents=True)
+    (tmp_path / "empty" / "style" / "subject").mkdir(parents=True)
     with pytest.raises(RmloraError, match="no images"):
         load_style_folder(tmp_path / "empty")
-    bad = tmp_path / "bad" / "style" / "content" / "x.png"
+    bad = tmp_path / "bad" / "style" / "subject" / "x.png"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a png")
     with pytest.raises(RmloraError, match="x.png"):
@@ -228,8 +240,8 @@ def test_load_style_folder_errors(tmp_path: Path) -> None:
 
 def test_load_styles_without_folder_is_procedural() -> None:
     ds = load_styles(None, seed=0)
-    assert ds.kind == "procedural" and len(ds.names) >= 10 and len(ds.content_names) >= 3
-    assert list(STYLE_NAMES[:10]) == ds.names and list(CONTENT_NAMES) == ds.content_names
+    assert ds.kind == "procedural" and len(ds.names) == 30
+    assert list(STYLE_NAMES) == ds.style_names and list(SUBJECT_NAMES) == ds.subject_names
 
 
 # ---------------------------------------------------------------------------
@@ -303,6 +315,20 @@ def test_fd_per_class_and_classifier_features() -> None:
     assert set(shifted) == {0, 2} and all(v > 1e-3 for v in shifted.values())
     assert np.isnan(fd_per_class(model, real, real_y, real[:1], real_y[:1], [0])[0])
     assert model.features(real).shape == (30, 128) and model(real).shape == (30, 3)
+
+
+def test_kernel_distance_is_unbiased_and_grows_with_a_shift() -> None:
+    torch.manual_seed(0)
+    model = StyleClassifier(3).eval()
+    real = torch.rand(40, 3, 16, 16)
+    same = torch.rand(40, 3, 16, 16)  # the same distribution
+    shifted = (same * 0.4).clamp(0, 1)
+    k_same, sd_same = kernel_distance(model, real, same, subsets=20, seed=0)
+    k_shift, _ = kernel_distance(model, real, shifted, subsets=20, seed=0)
+    assert abs(k_same) < 3 * sd_same + 1e-6  # unbiased: around zero for equal distributions
+    assert k_shift > 10 * abs(k_same) and k_shift > 0
+    assert kernel_distance(model, real, shifted, subsets=20, seed=0)[0] == k_shift  # seeded subsets
+    assert all(np.isnan(v) for v in kernel_distance(model, real[:3], same, subsets=5))
 
 
 def test_sample_grid_writes_png(tmp_path: Path, small: StyleSet) -> None:

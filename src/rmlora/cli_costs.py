@@ -39,10 +39,9 @@ def costs_cmd(model_name: str | None, list_models: bool, protocols: tuple[str, .
     from rmlora.costs import load_profile
     from rmlora.costs.project import project
     from rmlora.errors import RmloraError
-    from rmlora.tasks.paper import PAPER_MODELS, _load_all, paper_model
+    from rmlora.tasks.paper import PAPER_MODELS, paper_model
 
     if list_models:
-        _load_all()
         for m in PAPER_MODELS.values():
             click.echo(f"{m.name:18s} {m.description}")
         return
@@ -53,7 +52,7 @@ def costs_cmd(model_name: str | None, list_models: bool, protocols: tuple[str, .
     changes = {k: v for k, v in (("steps", steps), ("full_steps", full_steps), ("batch", batch),
                                   ("requests", requests), ("moved_per_step", moved_per_step)) if v is not None}
     sched = dataclasses.replace(pm.schedule, **changes)
-    net, example = pm.build(sched.batch)
+    net, example = pm.build(min(sched.batch, pm.count_batch or sched.batch))
     proj = project(net, example, adapter=pm.adapter, schedule=sched, preset=preset, profile=prof,
                    exclude=pm.exclude, loss_fn=pm.loss, protocols=list(protocols) or None)
     if as_json:

@@ -102,9 +102,19 @@ def count_mvm(led: Ledger, name: str, x2d: torch.Tensor, geo: MvmGeometry, *, n_
     computes dL/dW. The ``reference_*`` counts are the same call on the digital unit.
     """
     b, n_in = x2d.shape
+    count_vectors(led, name, geo, b=b, n_in=n_in, active=int((x2d != 0).sum()), binary=is_binary(x2d),
+                  n_out=n_out, weights=weights, drives=drives, passes=passes, bit_serial=bit_serial,
+                  grad_input=grad_input, grad_weight=grad_weight, weight_bits=weight_bits)
+
+
+def count_vectors(led: Ledger, name: str, geo: MvmGeometry, *, b: int, n_in: int, active: int, binary: bool,
+                  n_out: int, weights: int | None = None, drives: int | None = None, passes: int = 1,
+                  bit_serial: bool = False, grad_input: bool = False, grad_weight: bool = False,
+                  weight_bits: int = 8) -> None:
+    """:func:`count_mvm` from the call's numbers: ``b`` vectors of ``n_in`` inputs, ``active`` of
+    them non-zero, all 0/1 if ``binary`` (for reads that never form the vectors, e.g. a depthwise
+    convolution computed as one)."""
     weights = n_in * n_out if weights is None else weights
-    binary = is_binary(x2d)
-    active = int((x2d != 0).sum())
     if drives is None:
         drives = active
     led.add("row_drives" if bit_serial else "dac_conversions", drives * geo.drive_tiles, name)
@@ -112,7 +122,8 @@ def count_mvm(led: Ledger, name: str, x2d: torch.Tensor, geo: MvmGeometry, *, n_
     led.add("adc_conversions", passes * b * geo.conversions, name)
     led.add("tile_mvms", passes * b * geo.mvms, name)
     per_input = weights // max(1, n_in)  # weights one input multiplies
-    led.add("reference_adds" if binary else "reference_macs", (active * per_input) if binary else b * weights, name)
+    dense_or_events = (active * per_input) if binary else b * weights
+    led.add("reference_adds" if binary else "reference_macs", dense_or_events, name)
     led.add("reference_weight_bits", b * weights * weight_bits, name)
     if grad_input:  # the transposed read: dL/dy drives the columns, the rows are digitised
         dac_n, cells, adc_n, mvms = geo.backward
@@ -122,9 +133,8 @@ def count_mvm(led: Ledger, name: str, x2d: torch.Tensor, geo: MvmGeometry, *, n_
         led.add("tile_mvms", b * mvms, name)
         led.add("reference_macs", b * weights, name)
     if grad_weight:  # dL/dW = gyᵀ·x on the digital unit
-        led.add("digital_adds" if binary else "digital_macs", (active * per_input) if binary else b * weights, name)
-        led.add("reference_adds" if binary else "reference_macs", (active * per_input) if binary else b * weights,
-                name)
+        led.add("digital_adds" if binary else "digital_macs", dense_or_events, name)
+        led.add("reference_adds" if binary else "reference_macs", dense_or_events, name)
 
 
 def _rows(module: nn.Module, out: torch.Tensor) -> int:

@@ -146,7 +146,7 @@ def _analog_hooks(led: Ledger, layers: list[tuple[str, nn.Module]], geometry: Ca
     def make(name: str, geo: MvmGeometry):
         def hook(module, inputs, output):
             x2d = _vectors(module, inputs[0])
-            count_mvm(led, name, x2d, geo, n_out=module.weight.shape[0],
+            count_mvm(led, name, x2d, geo, n_out=module.weight.shape[0], weights=module.weight.numel(),
                       grad_input=torch.is_grad_enabled() and x2d.requires_grad,
                       grad_weight=torch.is_grad_enabled() and module.weight.requires_grad)
         return hook
@@ -173,8 +173,8 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
             protocols: list[str] | None = None) -> Projection:
     """Project training cost, deployment overhead and inference energy of adapting ``model``.
 
-    ``example``: one batch of inputs (a tensor, or a tuple of positional arguments) with
-    ``schedule.batch`` samples; ``adapter``: a :class:`rmlora.config.AdapterConfig` (rank, alpha,
+    ``example``: a batch of inputs (a tensor, or a tuple of positional arguments; its passes are
+    counted and scaled to ``schedule.batch`` samples per step, the optimiser's work per step); ``adapter``: a :class:`rmlora.config.AdapterConfig` (rank, alpha,
     ``target_modules`` globs over the names of the layers the chip holds, INT bits; default
     rank 4 on every layer); ``exclude``: globs of layers that stay digital (neither held nor
     counted); ``loss_fn(model, example)``: the training loss (default: mean square of the
@@ -194,6 +194,9 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
     prof = load_profile(profile) if isinstance(profile, str) else profile
     p = load_preset(preset) if isinstance(preset, str) else preset
     loss_fn = loss_fn or _default_loss
+    first = example[0] if isinstance(example, (tuple, list)) else example
+    counted_batch = int(first.shape[0])
+    per_batch = sched.batch / counted_batch  # the example may be smaller than a training batch
     base = copy.deepcopy(model).float().train()
     layers = _layers(base, exclude)
     names = [n for n, _ in layers]
@@ -203,8 +206,21 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
                           f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
     offset = p.mapping == "offset"
 
+    geometries: dict[tuple, MvmGeometry] = {}
+
     def geometry(m: nn.Module) -> MvmGeometry:
-        return MvmGeometry.dense(m.weight[0].numel(), m.weight.shape[0], tile, p.cells_per_weight, offset)
+        key = (type(m), tuple(m.weight.shape), getattr(m, "groups", 1))
+        if key not in geometries:
+            if isinstance(m, nn.Conv2d) and m.groups > 1:  # packed blocks: ask the analogue layer (small arrays)
+                from rmlora.hardware import SimulatedChip
+                from rmlora.hardware.layers import AnalogGroupedConv2d
+
+                geometries[key] = AnalogGroupedConv2d.from_float(
+                    copy.deepcopy(m), SimulatedChip(p, tile=tile, seed=0), "packed").core.geometry()
+            else:
+                geometries[key] = MvmGeometry.dense(m.weight[0].numel(), m.weight.shape[0], tile,
+                                                    p.cells_per_weight, offset)
+        return geometries[key]
 
     cells = {layer_name(n): m.weight[0].numel() * m.weight.shape[0] * p.cells_per_weight for n, m in layers}
 
@@ -235,6 +251,7 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
     n_lora = sum(q.numel() for q in lora_params)
     lt, li = ledger(), ledger()
     count(lora, lt, train=True)
+    lt = lt.scaled(per_batch)
     count_update(lt, n_lora, n_lora, adapter_bits)
     count(lora.eval(), li, train=False)
     ld = ledger()
@@ -249,6 +266,7 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
     n_digital = sum(q.numel() for q in full.parameters() if id(q) not in in_arrays)
     ft, fi = ledger(), ledger()
     count(full, ft, train=True)
+    ft = ft.scaled(per_batch)
     count_update(ft, n_all, n_digital, adapter_bits)
     count(full.eval(), fi, train=False)
     upd = write_verify_per_cell(p, sched.update_move_tol)
@@ -267,14 +285,16 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
 
     f_steps = sched.full_steps or sched.steps
     paths = {
-        "lora": PathLedgers(lt.scaled(sched.steps * sched.requests), ld.scaled(sched.requests), li, sched.batch),
-        "full": PathLedgers(ft.scaled(f_steps * sched.requests), fd.scaled(sched.requests), fi, sched.batch),
+        "lora": PathLedgers(lt.scaled(sched.steps * sched.requests), ld.scaled(sched.requests), li, counted_batch),
+        "full": PathLedgers(ft.scaled(f_steps * sched.requests), fd.scaled(sched.requests), fi, counted_batch),
     }
     assumptions = {
         "write_verify_per_reprogrammed_cell": {"update": upd, "deployment": dep},
         "lora_targets": targets, "rank": adapter.rank, "alpha": adapter.alpha, "lora_parameters": n_lora,
         "parameters": n_all, "cells": sum(cells.values()), "layers_on_chip": len(cells),
         "preset": p.name, "profile": prof.name, "tile": list(tile), "adc_bits": adc_bits,
-        "per_step_counted_once": "one batch of `example`; each request and step of a path costs the same",
+        "counted_batch": counted_batch,
+        "per_step_counted_once": "one batch of `example` (scaled to the schedule's batch); each request and step "
+                                 "of a path costs the same",
     }
     return Projection(paths, evaluate(paths, prof, protocols or list(PROTOCOLS)), sched, assumptions)

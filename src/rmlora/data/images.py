@@ -26,6 +26,18 @@ def check_size(size: Any, minimum: int) -> int:
     return int(size)
 
 
+def image_form(path: Path) -> tuple[tuple[int, int], str]:
+    """((width, height), PIL mode) of the image file ``path``, read from its header; an
+    unreadable file raises :class:`RmloraError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size, im.mode
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise RmloraError(f"cannot read image {path}: {exc}") from exc
+
+
 def read_square(path: Path, colour: bool) -> Any:
     """The central square of the image file ``path`` as a PIL image.
 

@@ -1,17 +1,19 @@
-"""Stylized-image datasets for the style-unlearning generation workload.
+"""Stylized-image datasets for the generation workload: classes are style x subject pairs.
 
-The paper's generation task (arXiv 2601.10037) uses painting styles x animal
-contents (as in UnlearnCanvas): a class-conditional diffusion transformer
-learns some styles, forgets some and learns new ones. This module gives that
-data as a :class:`StyleSet`:
+The paper's generation task (arXiv 2601.10037; the authors' code) uses 10 painting styles x 3
+animals = 30 classes, named ``<style>-<subject>`` as the authors' folder reader names them: a
+class-conditional diffusion transformer learns some classes, forgets some and learns new ones.
+This module gives that data as a :class:`StyleSet`:
 
-* :func:`make_procedural` - a deterministic built-in set of 10 painting
-  styles x 3 animal silhouettes (no files needed);
-* :func:`load_style_folder` - a real ``root/<style>/<content>/<image>``
-  collection (the UnlearnCanvas layout);
+* :func:`make_procedural` - a deterministic built-in set of 10 painting styles x 3 animal
+  silhouettes (no files needed);
+* :func:`load_style_folder` - a real ``root/<style>/<subject>/<image>`` collection (the
+  UnlearnCanvas layout); every image must have the same size and mode;
 * :func:`load_styles` - picks one of the two (used by the CLI);
-* :func:`split_by_image` - per-style train/val/test split with no image on
-  two sides.
+* :func:`split_by_image` - per-class train/val/test split with no image on two sides.
+
+A request may name a class (``stippling-cat``), every class of a style (``style:stippling``)
+or of a subject (``subject:cat``): :meth:`StyleSet.expand`.
 
 Procedural styles differ by technique (stroke texture and geometry: hatching,
 cross-hatching, stippling, pointillist dots, wavy strokes, cel shading,
@@ -33,13 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from rmlora.data.base import LabelledSet, name_list, natural_key
-from rmlora.data.images import check_size, is_image_file, read_square
+from rmlora.data.images import check_size, image_form, is_image_file, read_square
 from rmlora.errors import RmloraError
 
 __all__ = [
     "StyleSet",
     "STYLE_NAMES",
-    "CONTENT_NAMES",
+    "SUBJECT_NAMES",
     "IMAGE_EXTENSIONS",
     "make_procedural",
     "load_style_folder",
@@ -61,8 +63,8 @@ STYLE_NAMES = (
     "pixel_art",
 )
 
-#: The built-in procedural content classes (animal silhouettes), in label order.
-CONTENT_NAMES = ("cat", "bird", "fish")
+#: The built-in procedural subjects (animal silhouettes), in label order.
+SUBJECT_NAMES = ("cat", "bird", "fish")
 
 #: File suffixes :func:`load_style_folder` reads (lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -73,39 +75,49 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 # ---------------------------------------------------------------------------
 
 
+def class_name(style: str, subject: str) -> str:
+    """The name of a style x subject class: ``<style>-<subject>`` (as the authors' loader)."""
+    return f"{style}-{subject}"
+
+
 @dataclass
 class StyleSet(LabelledSet):
-    """A labelled set of small square RGB stylized images.
+    """A labelled set of small square RGB stylized images; a class is a (style, subject) pair.
 
     Attributes:
         images: float32 tensor ``(N, 3, S, S)`` with values in ``[0, 1]``.
-        labels: int64 tensor ``(N,)``, style index ``0..K-1`` (``K = len(names)``).
-        contents: int64 tensor ``(N,)``, content class index into ``content_names``.
+        labels: int64 tensor ``(N,)``, class index ``0..K-1`` (``K = len(names)``).
+        styles: int64 tensor ``(N,)``, style index into ``style_names``.
+        subjects: int64 tensor ``(N,)``, subject index into ``subject_names``.
         image_ids: int64 tensor ``(N,)``, one id per original image.
-        names: style names, ``names[label]``.
-        content_names: content class names, ``content_names[content]``.
+        names: class names ``<style>-<subject>``, ``names[label]``.
+        style_names, subject_names: the styles and subjects.
+        class_style, class_subject: style and subject index of each class (K,).
         source: human-readable description of where the images came from.
         kind: ``"procedural"`` or ``"folder"``.
     """
 
-    unit = "style"
+    unit = "class"
     kinds = ("procedural", "folder")
     images: torch.Tensor
     labels: torch.Tensor
-    contents: torch.Tensor
+    styles: torch.Tensor
+    subjects: torch.Tensor
     image_ids: torch.Tensor
     names: list[str]
-    content_names: list[str]
+    style_names: list[str]
+    subject_names: list[str]
+    class_style: list[int]
+    class_subject: list[int]
     source: str
     kind: str
 
     def __post_init__(self) -> None:
         self._check_layout(self.images, "(N, 3, S, S) images", self.images.dim() == 4 and self.images.shape[1] == 3,
-                           ("labels", "contents", "image_ids"))
+                           ("labels", "styles", "subjects", "image_ids"))
 
     @property
-    def n_styles(self) -> int:
-        """Number of styles ``K`` (``len(names)``), present in this set or not."""
+    def n_classes(self) -> int:
         return len(self.names)
 
     @property
@@ -113,6 +125,35 @@ class StyleSet(LabelledSet):
         """Side ``S`` of the square images in pixels."""
         return int(self.images.shape[-1])
 
+    def expand(self, ident: str | int) -> list[int]:
+        """Classes a request names: ``style:NAME`` (every class of that style, by subject),
+        ``subject:NAME`` (every class of that subject, by style), or one class by name or index."""
+        text = str(ident).strip()
+        kind, sep, rest = text.partition(":")
+        if sep and kind.strip().lower() in ("style", "subject"):
+            names, of = ((self.style_names, self.class_style) if kind.strip().lower() == "style"
+                         else (self.subject_names, self.class_subject))
+            lowered = [n.lower() for n in names]
+            rest = rest.strip()
+            if rest in names:
+                k = names.index(rest)
+            elif lowered.count(rest.lower()) == 1:
+                k = lowered.index(rest.lower())
+            else:
+                raise RmloraError(f"unknown {kind.strip().lower()} {rest!r} in {self.source}; known: "
+                                  f"{name_list(names)}")
+            found = [c for c in range(self.n_classes) if of[c] == k]
+            if not found:
+                raise RmloraError(f"{kind.strip().lower()} {rest!r} has no class in {self.source}")
+            return found
+        return [self.resolve(ident)]
+
+    def resolve(self, ident: str | int) -> int:
+        try:
+            return super().resolve(ident)
+        except RmloraError as exc:
+            raise RmloraError(f"{exc}; or name every class of a style (style:NAME) or a subject (subject:NAME)") \
+                from None
 
 
 # ---------------------------------------------------------------------------
@@ -560,15 +601,30 @@ def _render_style(style_idx: int, content: np.ndarray, size: int, seed: int) -> 
     return np.clip(small, 0.0, 1.0)
 
 
+def _set(images: torch.Tensor, styles: list[int], subjects: list[int], style_names: list[str],
+         subject_names: list[str], source: str, kind: str) -> StyleSet:
+    """A :class:`StyleSet` whose classes are the (style, subject) pairs present, style-major."""
+    pairs = sorted(set(zip(styles, subjects)))
+    index = {pr: k for k, pr in enumerate(pairs)}
+    n = images.shape[0]
+    return StyleSet(
+        images=images, labels=torch.tensor([index[pr] for pr in zip(styles, subjects)], dtype=torch.int64),
+        styles=torch.tensor(styles, dtype=torch.int64), subjects=torch.tensor(subjects, dtype=torch.int64),
+        image_ids=torch.arange(n, dtype=torch.int64),
+        names=[class_name(style_names[a], subject_names[b]) for a, b in pairs],
+        style_names=list(style_names), subject_names=list(subject_names),
+        class_style=[a for a, _ in pairs], class_subject=[b for _, b in pairs], source=source, kind=kind)
+
+
 def make_procedural(
-    n_styles: int = 10, n_contents: int = 3, per_pair: int = 40, size: int = 32, seed: int = 0
+    n_styles: int = 10, n_subjects: int = 3, per_class: int = 40, size: int = 32, seed: int = 0
 ) -> StyleSet:
     """A deterministic built-in stylized image set (no files; numpy/torch only).
 
-    ``n_styles`` (1..10) painting styles from :data:`STYLE_NAMES` x ``n_contents``
-    (1..3) animal silhouettes from :data:`CONTENT_NAMES` x ``per_pair`` images.
-    Every image poses its animal (cat / bird / fish made of ellipses and
-    triangles) at a random position, scale, rotation and mirror, then paints it
+    ``n_styles`` (1..10) painting styles from :data:`STYLE_NAMES` x ``n_subjects``
+    (1..3) animal silhouettes from :data:`SUBJECT_NAMES` x ``per_class`` images: the classes
+    ``<style>-<subject>``, style-major. Every image poses its animal (cat / bird / fish made of
+    ellipses and triangles) at a random position, scale, rotation and mirror, then paints it
     in its style: oriented hatching, fine cross-hatching, ink stippling,
     pointillist colour dots, wavy swirling strokes, flat cel shading with a
     thick outline, cubist Voronoi facets, impasto blotches with embossed
@@ -578,36 +634,25 @@ def make_procedural(
     mean colour - identifies the style. Drawn at ``2 * size`` and
     area-downsampled.
 
-    Style ``k``'s images depend only on ``(seed, k, n_contents, per_pair,
-    size)``, so a set with fewer styles is a prefix of one with more. Rows are
-    ordered style-major, then content, then image. Returns images
-    ``(n_styles * n_contents * per_pair, 3, size, size)`` float32 in ``[0, 1]``.
+    Style ``k``'s images depend only on ``(seed, k, n_subjects, per_class,
+    size)``, so a set with fewer styles is a prefix of one with more. Returns images
+    ``(n_styles * n_subjects * per_class, 3, size, size)`` float32 in ``[0, 1]``.
     """
     size = check_size(size, 4)
-    for what, val, hi in (("n_styles", n_styles, len(STYLE_NAMES)), ("n_contents", n_contents, len(CONTENT_NAMES))):
+    for what, val, hi in (("n_styles", n_styles, len(STYLE_NAMES)), ("n_subjects", n_subjects, len(SUBJECT_NAMES))):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or not 1 <= val <= hi:
             raise RmloraError(f"procedural styles: {what} must be an integer in 1..{hi}, got {val!r}")
-    if isinstance(per_pair, bool) or not isinstance(per_pair, (int, np.integer)) or per_pair < 1:
-        raise RmloraError(f"procedural styles: per_pair must be an integer >= 1, got {per_pair!r}")
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise RmloraError(f"procedural styles: per_class must be an integer >= 1, got {per_class!r}")
     if size % 2:
         raise RmloraError(f"procedural styles need an even image size, got {size}")
-    content = np.repeat(np.arange(n_contents), per_pair)
-    chunks = [_render_style(k, content, size, seed) for k in range(n_styles)]
+    subject = np.repeat(np.arange(n_subjects), per_class)
+    chunks = [_render_style(k, subject, size, seed) for k in range(n_styles)]
     images = torch.from_numpy(np.concatenate(chunks)).contiguous()
-    n = images.shape[0]
-    return StyleSet(
-        images=images,
-        labels=torch.arange(n_styles, dtype=torch.int64).repeat_interleave(n_contents * per_pair),
-        contents=torch.from_numpy(np.tile(content, n_styles).astype(np.int64)),
-        image_ids=torch.arange(n, dtype=torch.int64),
-        names=list(STYLE_NAMES[:n_styles]),
-        content_names=list(CONTENT_NAMES[:n_contents]),
-        source=(
-            f"procedural styles (seed {seed}, {n_styles} styles x {n_contents} contents x "
-            f"{per_pair} images, {size}x{size}; built-in synthetic stand-in, not real paintings)"
-        ),
-        kind="procedural",
-    )
+    return _set(images, np.repeat(np.arange(n_styles), n_subjects * per_class).tolist(),
+                np.tile(subject, n_styles).tolist(), list(STYLE_NAMES[:n_styles]), list(SUBJECT_NAMES[:n_subjects]),
+                f"procedural styles (seed {seed}, {n_styles} styles x {n_subjects} subjects x {per_class} images, "
+                f"{size}x{size}; built-in synthetic stand-in, not real paintings)", "procedural")
 
 
 # ---------------------------------------------------------------------------
@@ -633,19 +678,18 @@ def _read_rgb(path: Path, size: int) -> np.ndarray:
 
 
 def load_style_folder(root: str | os.PathLike, size: int = 32) -> StyleSet:
-    """Load a real style dataset laid out as ``root/<style>/<content>/<image files>``.
+    """Load a real style dataset laid out as ``root/<style>/<subject>/<image files>``.
 
-    This is the UnlearnCanvas layout (e.g. ``Van_Gogh/Cats/1.jpg``). Any
-    PIL-readable file with a suffix in :data:`IMAGE_EXTENSIONS` is read as
-    RGB (transparency composited on white), cropped to its central square and
-    resized to ``size`` x ``size``. Style folders and, across all styles,
-    content folders are sorted naturally (``s2`` < ``s10``); the folder names
-    are the style and content names. Style folders without any images are
-    skipped; images lying directly in a style folder (no content level) are
-    not read. Returns images ``(N, 3, size, size)`` float32 in ``[0, 1]``.
+    This is the UnlearnCanvas layout (e.g. ``Van_Gogh/Cats/1.jpg``); the classes are the
+    ``<style>-<subject>`` pairs present. Any PIL-readable file with a suffix in
+    :data:`IMAGE_EXTENSIONS` is read; every image must have the same size and mode (a
+    collection is prepared as one), then it is read as RGB, cropped to its central square and
+    resized to ``size`` x ``size``. Style and subject folders are sorted naturally (``s2`` <
+    ``s10``); images lying directly in a style folder are not read. Returns images
+    ``(N, 3, size, size)`` float32 in ``[0, 1]``.
 
     Raises :class:`RmloraError` if ``root`` is missing, holds no
-    ``<style>/<content>/<image>`` files, or an image cannot be read.
+    ``<style>/<subject>/<image>`` files, an image cannot be read, or two images differ in size or mode.
     """
     size = check_size(size, 4)
     root = Path(root).expanduser()
@@ -660,32 +704,31 @@ def load_style_folder(root: str | os.PathLike, size: int = 32) -> StyleSet:
                 found.append((sd.name, cd.name, files))
     if not found:
         raise RmloraError(
-            f"no images in {root}: expected <style>/<content>/<image> files "
+            f"no images in {root}: expected <style>/<subject>/<image> files "
             f"({', '.join(IMAGE_EXTENSIONS)})"
         )
-    styles = sorted({s for s, _, _ in found}, key=natural_key)
-    contents = sorted({c for _, c, _ in found}, key=natural_key)
-    s_index = {s: i for i, s in enumerate(styles)}
-    c_index = {c: i for i, c in enumerate(contents)}
+    style_names = sorted({s for s, _, _ in found}, key=natural_key)
+    subject_names = sorted({c for _, c, _ in found}, key=natural_key)
+    first: tuple[Path, tuple] | None = None
     imgs: list[np.ndarray] = []
-    labels: list[int] = []
-    cons: list[int] = []
+    styles: list[int] = []
+    subjects: list[int] = []
     for s, c, files in found:
         for f in files:
+            form = image_form(f)
+            if first is None:
+                first = (f, form)
+            elif form != first[1]:
+                raise RmloraError(f"{f} is {form[0][0]}x{form[0][1]} {form[1]} but {first[0]} is "
+                                  f"{first[1][0][0]}x{first[1][0][1]} {first[1][1]}: every image of a style folder "
+                                  "must have the same size and mode")
             imgs.append(_read_rgb(f, size))
-            labels.append(s_index[s])
-            cons.append(c_index[c])
+            styles.append(style_names.index(s))
+            subjects.append(subject_names.index(c))
     n = len(imgs)
-    return StyleSet(
-        images=torch.from_numpy(np.stack(imgs)).contiguous(),
-        labels=torch.tensor(labels, dtype=torch.int64),
-        contents=torch.tensor(cons, dtype=torch.int64),
-        image_ids=torch.arange(n, dtype=torch.int64),
-        names=styles,
-        content_names=contents,
-        source=f"style image folder {root} ({len(styles)} styles, {len(contents)} contents, {n} images)",
-        kind="folder",
-    )
+    return _set(torch.from_numpy(np.stack(imgs)).contiguous(), styles, subjects, style_names, subject_names,
+                f"style image folder {root} ({len(style_names)} styles, {len(subject_names)} subjects, {n} images)",
+                "folder")
 
 
 def load_styles(data_dir: str | os.PathLike | None, seed: int = 0, size: int = 32) -> StyleSet:
@@ -707,19 +750,17 @@ def load_styles(data_dir: str | os.PathLike | None, seed: int = 0, size: int = 3
 def split_by_image(
     ds: StyleSet, labels: Sequence[int | str], n_val: int, n_test: int, seed: int = 0
 ) -> dict[str, StyleSet]:
-    """Per-style train/val/test split keyed by image id.
+    """Per-class train/val/test split keyed by image id.
 
-    For each style in ``labels`` (indices or names, duplicates ignored), its
+    For each class in ``labels`` (indices or names, duplicates ignored), its
     distinct image ids are shuffled with a generator seeded by ``(seed,
-    label)`` and interleaved across content classes (so val and test cover the
-    contents evenly); the first ``n_test`` go to ``"test"``, the next
+    label)``; the first ``n_test`` go to ``"test"``, the next
     ``n_val`` to ``"val"`` and the rest to ``"train"``. Rows sharing an image
-    id stay on one side, so no image is on two sides. A style's split does not
-    depend on which other styles are listed. Labels keep their original style
-    indices.
+    id stay on one side, so no image is on two sides. A class's split does not
+    depend on which other classes are listed. Labels keep their class indices.
 
-    Returns ``{"train", "val", "test"}`` StyleSets grouped by style in the
-    order of ``labels``. Raises :class:`RmloraError` if a style has fewer than
+    Returns ``{"train", "val", "test"}`` StyleSets grouped by class in the
+    order of ``labels``. Raises :class:`RmloraError` if a class has fewer than
     ``n_val + n_test + 1`` images.
     """
     if isinstance(n_val, bool) or isinstance(n_test, bool) or n_val < 0 or n_test < 0:
@@ -730,10 +771,10 @@ def split_by_image(
         if lab not in resolved:
             resolved.append(lab)
     if not resolved:
-        raise RmloraError(f"split_by_image needs at least one style; known: {name_list(ds.names)}")
+        raise RmloraError(f"split_by_image needs at least one class; known: {name_list(ds.names)}")
     ids = ds.image_ids.cpu().numpy()
     labs = ds.labels.cpu().numpy()
-    cons = ds.contents.cpu().numpy()
+    cons = ds.subjects.cpu().numpy()
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for lab in resolved:
         rows = np.flatnonzero(labs == lab)
@@ -741,7 +782,7 @@ def split_by_image(
         need = n_val + n_test + 1
         if len(uniq) < need:
             raise RmloraError(
-                f"style {ds.names[lab]!r} (label {lab}) has {len(uniq)} images in {ds.source}; "
+                f"class {ds.names[lab]!r} (label {lab}) has {len(uniq)} images in {ds.source}; "
                 f"a split with {n_val} val + {n_test} test needs at least {need}"
             )
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(lab)]))

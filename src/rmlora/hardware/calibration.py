@@ -128,9 +128,7 @@ def _ranges(core, x: torch.Tensor, q: float) -> Ranges:
         xq = core.bit_planes(xq, fs_dac)[0]
     part, _ = core._tile_products(xq.contiguous())
     adc = _tile_percentile(part, core.out_tile_width, q)
-    g = torch.randn(512, core.out_features, generator=torch.Generator().manual_seed(0)).to(dev)
-    gq, _ = dac(g / vector_scale(g).unsqueeze(1), chip.dac_bits, torch.ones(()))
-    adc_t = _tile_percentile(core._transposed_products(gq.contiguous())[0], chip.tile_rows, q)
+    adc_t = core.transposed_calibration(q)
     return Ranges(chip.range_mode, fs_dac.float().cpu(), adc.float().cpu(), adc_t.float().cpu())
 
 

@@ -41,6 +41,7 @@ class ArrayHandle:
     row_tiles: int
     col_tiles: int
     placements: tuple[Placement, ...]
+    cols_per_tile: int | None = None  # columns placed on each tile (None: the tile's width)
 
     @property
     def cells(self) -> int:
@@ -82,7 +83,9 @@ class Chip(ABC):
     bit_serial: bool = False
 
     @abstractmethod
-    def allocate(self, name: str, rows: int, cols: int) -> ArrayHandle: ...
+    def allocate(self, name: str, rows: int, cols: int, cols_per_tile: int | None = None) -> ArrayHandle:
+        """Place a rows x cols matrix of cells on tiles; ``cols_per_tile`` (None: the tile's width)
+        puts at most that many of its columns on each tile (a packed layer, one block per tile)."""
 
     @abstractmethod
     def program_many(self, jobs: list[tuple[ArrayHandle, torch.Tensor]]) -> list[ProgramStats]:
@@ -161,9 +164,9 @@ class SimulatedChip(Chip):
     def tiles_used(self) -> int:
         return self._tiles_used
 
-    def tiles_for(self, rows: int, cols: int) -> int:
-        """Tiles a rows x cols matrix of cells occupies."""
-        return math.ceil(rows / self.tile_rows) * math.ceil(cols / self.tile_cols)
+    def tiles_for(self, rows: int, cols: int, cols_per_tile: int | None = None) -> int:
+        """Tiles a rows x cols matrix of cells occupies (``cols_per_tile`` columns on each)."""
+        return math.ceil(rows / self.tile_rows) * math.ceil(cols / (cols_per_tile or self.tile_cols))
 
     @property
     def free_tiles(self) -> int | None:
@@ -176,23 +179,28 @@ class SimulatedChip(Chip):
     def handle(self, name: str) -> ArrayHandle:
         return self._handles[name]
 
-    def allocate(self, name: str, rows: int, cols: int) -> ArrayHandle:
+    def allocate(self, name: str, rows: int, cols: int, cols_per_tile: int | None = None) -> ArrayHandle:
         if rows < 1 or cols < 1:
             raise RmloraError(f"{name}: a {rows}x{cols} matrix cannot be mapped onto tiles")
         if name in self._handles:
             raise RmloraError(f"{name}: already allocated on this chip")
-        rt, ct = math.ceil(rows / self.tile_rows), math.ceil(cols / self.tile_cols)
+        width = cols_per_tile or self.tile_cols
+        cpw = self.device.cells_per_weight
+        if not 1 <= width <= self.tile_cols or width % cpw:
+            raise RmloraError(f"{name}: {width} columns per tile do not fit a tile of {self.tile_cols} columns "
+                              f"holding {self.device.mapping} weights")
+        rt, ct = math.ceil(rows / self.tile_rows), math.ceil(cols / width)
         if self.n_tiles is not None and self._tiles_used + rt * ct > self.n_tiles:
             raise RmloraError(f"{name}: needs {rt * ct} tiles of {self.tile_rows}x{self.tile_cols} but the chip has "
                               f"{self.n_tiles - self._tiles_used} free of {self.n_tiles}")
         placements = []
         for i in range(rt):
             for j in range(ct):
-                r0, c0 = i * self.tile_rows, j * self.tile_cols
+                r0, c0 = i * self.tile_rows, j * width
                 placements.append(Placement(self._tiles_used, r0, c0, min(self.tile_rows, rows - r0),
-                                            min(self.tile_cols, cols - c0)))
+                                            min(width, cols - c0)))
                 self._tiles_used += 1
-        h = ArrayHandle(name, rows, cols, rt, ct, tuple(placements))
+        h = ArrayHandle(name, rows, cols, rt, ct, tuple(placements), cols_per_tile)
         g, d2d, stuck = physics.new_cells(rows * cols, self.device, self.generator)
         st = self._arrays[name] = {"g": g, "d2d": d2d, "stuck": stuck, "target": torch.full_like(g, float("nan"))}
         if self.device.mapping == "offset":  # one reference column per tile, rows x column tiles cells

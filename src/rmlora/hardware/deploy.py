@@ -14,7 +14,7 @@ from rmlora.errors import RmloraError
 from rmlora.hardware.calibration import Feed
 from rmlora.hardware.calibration import calibrate as calibrate_ranges
 from rmlora.hardware.chip import Chip, ProgramStats
-from rmlora.hardware.layers import ANALOG_TYPES, AnalogLayer
+from rmlora.hardware.layers import AnalogLayer, analog_class
 
 
 @dataclass
@@ -110,8 +110,8 @@ def analog_layers(model: nn.Module) -> list[tuple[str, AnalogLayer]]:
 def check_mappable(name: str, m: nn.Module) -> None:
     """Refuse a layer the tiles cannot hold (one clear error)."""
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        if m.groups != 1:
-            raise RmloraError(f"{name}: grouped convolution (groups={m.groups}) has no tile mapping")
+        if m.groups != 1 and not isinstance(m, nn.Conv2d):
+            raise RmloraError(f"{name}: grouped 1-d convolution (groups={m.groups}) has no tile mapping")
         if m.padding_mode != "zeros" or isinstance(m.padding, str):
             raise RmloraError(f"{name}: only numeric zero padding maps onto tiles")
 
@@ -155,15 +155,16 @@ def layer_inference(model: nn.Module, feed: Feed, examples: int, profile: TechPr
         c = led.counts
         rows.append({"layer": name, "inference_energy_J": led.energy(profile)["total"] / n,
                      "inference_time_s": led.time(profile)["total"] / n,
-                     "mvms_per_example": c["tile_mvms"] / max(1, m.core.handle.row_tiles * m.core.handle.col_tiles) / n,
-                     "dac_clipped_fraction": c["dac_clipped"] / max(1, c["dac_conversions"] // max(1, m.core.handle.col_tiles)),
+                     "mvms_per_example": c["tile_mvms"] / m.core.mvms() / n,
+                     "dac_clipped_fraction": c["dac_clipped"] / max(1, c["dac_conversions"] // m.core.row_drive()[0]),
                      "adc_clipped_fraction": c["adc_clipped"] / max(1, c["adc_conversions"])})
     return rows
 
 
 def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
            profile: TechProfile | str = "cmos-180nm", calibrate: Feed | None = None) -> ProgrammingReport:
-    """Move every ``nn.Linear``/``Conv1d``/``Conv2d`` of ``model`` (in place) onto ``chip``,
+    """Move every ``nn.Linear``/``Conv1d``/``Conv2d`` of ``model`` (in place) onto ``chip`` (a grouped
+    or depthwise ``Conv2d`` packed onto tiles, :class:`rmlora.hardware.layers.PackPlan`),
     write-verify it, and fix its converter ranges on the training inputs ``calibrate`` (see
     :func:`rmlora.hardware.calibrate`; without them a chip with converters refuses to compute
     until calibrated). Names matching a glob in ``exclude`` stay digital.
@@ -176,26 +177,25 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
     for name, m in model.named_modules():
         for child_name, child in m.named_children():
             full = f"{name}.{child_name}" if name else child_name
-            cls = ANALOG_TYPES.get(type(child))
+            cls = analog_class(child)
             if cls is None or any(fnmatch.fnmatch(full, pat) for pat in exclude):
                 continue
             check_mappable(full, child)
             if not torch.isfinite(child.weight).all():
                 raise RmloraError(f"{full}: weights contain NaN or infinite values; nothing was programmed")
-            targets.append((m, child_name, full, child, cls))
+            targets.append((m, child_name, full, child, cls, cls.tiles_needed(child, chip, full)))  # refuses early
     if not targets:
         raise RmloraError("the model has no Linear/Conv1d/Conv2d layer to deploy")
     for *_, full, child, _ in targets:  # the bias is added digitally after the ADC: it must be finite too
         _finite_bias(full, child, "nothing was programmed")
     free = getattr(chip, "free_tiles", None)
     if free is not None:  # refuse before swapping anything, so the model stays usable
-        cpw = chip.device.cells_per_weight
-        need = sum(chip.tiles_for(c.weight[0].numel(), c.weight.shape[0] * cpw) for *_, c, _ in targets)
+        need = sum(t[-1] for t in targets)
         if need > free:
             raise RmloraError(f"the model needs {need} tiles of {chip.tile_rows}x{chip.tile_cols} but the chip has "
                               f"{free} free; nothing was deployed")
     swapped = []
-    for parent, child_name, full, child, cls in targets:
+    for parent, child_name, full, child, cls, _ in targets:
         new = cls.from_float(child, chip, full)
         setattr(parent, child_name, new)
         swapped.append(new)
@@ -245,7 +245,7 @@ def program_onto(chip: Chip, model: nn.Module, profile: TechProfile | str = "cmo
     jobs = []
     for _, m in analog_layers(model):
         h = m.core.handle
-        handle = chip.handle(h.name) if chip.has(h.name) else chip.allocate(h.name, h.rows, h.cols)
+        handle = chip.handle(h.name) if chip.has(h.name) else chip.allocate(h.name, h.rows, h.cols, h.cols_per_tile)
         jobs.append((handle, mapping.to_conductance(m.matrix(), m.core.scale, chip.device)))
     return report_from(chip.program_many(jobs), chip, profile)
 

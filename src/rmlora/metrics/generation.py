@@ -1,16 +1,18 @@
-"""Scores for generated stylized images: a style classifier, per-style
-recognition rates, Fréchet distances in its feature space, and sample grids.
+"""Scores for generated stylized images: a style-and-subject classifier, recognition rates,
+kernel and Fréchet distances in its feature space, and sample grids.
 
 The generation workload judges a class-conditional image generator by
 
-* :func:`style_rates` - the share of samples conditioned on a style that a
-  classifier trained on real images of *all* styles recognises as that style
-  (high for learned / retained styles, low for forgotten ones);
-* :func:`frechet_distance` / :func:`fd_per_class` - FID-like distances between
-  Gaussians fitted to the classifier's penultimate features of real and
-  generated images, per style.
+* :func:`predict` / :func:`style_rates` - what a classifier trained on real images of *all*
+  classes says a sample is: its style (one head, with an extra "noise" class) and its subject
+  (another head), scored separately;
+* :func:`kernel_distance` - KID (Bińkowski et al. 2018: the unbiased MMD² with a cubic
+  polynomial kernel, mean and spread over random subsets; torchmetrics' estimator) between the
+  classifier's features of real and generated images;
+* :func:`frechet_distance` / :func:`fd_per_class` - FID-like distances between Gaussians fitted
+  to the same features (biased upwards for small sample counts: compare within a table).
 
-:class:`StyleClassifier` is a small CNN for 32x32 RGB images in ``[0, 1]``;
+:class:`StyleClassifier` is a small CNN for RGB images in ``[0, 1]``;
 :func:`train_style_classifier` trains it and picks the checkpoint with the best
 validation accuracy. :func:`sample_grid` saves a labelled PNG grid.
 """
@@ -35,6 +37,8 @@ from rmlora.threads import limit_threads
 
 __all__ = [
     "StyleClassifier",
+    "predict",
+    "kernel_distance",
     "train_style_classifier",
     "classifier_features",
     "style_rates",
@@ -63,10 +67,12 @@ class StyleClassifier(nn.Module):
     Three 3x3 conv blocks with ``widths`` channels (default 32-64-128; each
     conv + BatchNorm + ReLU, 2x2 max-pooling between blocks), global average
     pooling to the
-    ``features`` (B, widths[-1]) and a linear head to ``n_classes`` logits.
+    ``features`` (B, widths[-1]) and a linear head to ``n_classes`` logits; with
+    ``n_subjects`` a second head gives the subject's logits (:meth:`subject_logits`).
     """
 
-    def __init__(self, n_classes: int, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128)) -> None:
+    def __init__(self, n_classes: int, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128),
+                 n_subjects: int = 0) -> None:
         super().__init__()
         if n_classes < 1:
             raise RmloraError(f"StyleClassifier needs n_classes >= 1, got {n_classes}")
@@ -79,6 +85,8 @@ class StyleClassifier(nn.Module):
         self.block2 = nn.Sequential(nn.MaxPool2d(2), _block(w1, w2))
         self.block3 = nn.Sequential(nn.MaxPool2d(2), _block(w2, w3))
         self.head = nn.Linear(w3, n_classes)
+        self.n_subjects = int(n_subjects)
+        self.subject_head = nn.Linear(w3, n_subjects) if n_subjects else None  # a second, separate verdict
         self.feature_dim = w3
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +101,11 @@ class StyleClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_classes)."""
         return self.head(self.features(x))
+
+    def both(self, x: torch.Tensor) -> torch.Tensor:
+        """Class and subject logits side by side (B, n_classes + n_subjects)."""
+        f = self.features(x)
+        return torch.cat([self.head(f), self.subject_head(f)], 1) if self.subject_head is not None else self.head(f)
 
 
 def _as_images(x, name: str) -> torch.Tensor:
@@ -162,6 +175,9 @@ def train_style_classifier(
     widths: Sequence[int] = (32, 64, 128),
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
+    train_subject: torch.Tensor | None = None,
+    val_subject: torch.Tensor | None = None,
+    n_subjects: int = 0,
 ) -> tuple[StyleClassifier, float]:
     """Train a :class:`StyleClassifier` on real images of all styles.
 
@@ -172,6 +188,9 @@ def train_style_classifier(
     kept (ties: the later one). Images are ``(N, 3, H, W)`` in ``[0, 1]``,
     labels ``0..n_classes-1``. ``num_threads`` temporarily sets torch's thread
     count (1 is fastest on a busy machine).
+
+    With ``n_subjects`` the subject head is trained too on ``train_subject`` (-1: no subject, as
+    the noise images) and the validation score is the mean of the two heads' accuracies.
 
     Returns ``(model, val_accuracy)``: the selected model in eval mode and its
     validation accuracy in ``[0, 1]`` (``nan`` with an empty validation set,
@@ -192,7 +211,8 @@ def train_style_classifier(
     with limit_threads(num_threads):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(int(seed))
-        model = StyleClassifier(n_classes, in_channels=train_x.shape[1], widths=widths).to(device)
+        model = StyleClassifier(n_classes, in_channels=train_x.shape[1], widths=widths, n_subjects=n_subjects).to(device)
+        ts = None if not n_subjects else torch.as_tensor(train_subject).long().to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
         xs, ys = train_x.to(device), train_y.to(device)
@@ -206,7 +226,13 @@ def train_style_classifier(
             if len(val_x) == 0:
                 return float("nan")
             pred = _run(model, val_x, model.forward).argmax(dim=1)
-            return float((pred == val_y).float().mean())
+            acc = float((pred == val_y).float().mean())
+            if n_subjects:
+                vs = torch.as_tensor(val_subject).long()
+                sp = _run(model, val_x, lambda v: model.subject_head(model.features(v))).argmax(dim=1)
+                keep = vs >= 0
+                acc = 0.5 * (acc + float((sp[keep] == vs[keep]).float().mean()))
+            return acc
 
         for step in range(1, steps + 1):
             if pos + batch_size > n:
@@ -216,7 +242,10 @@ def train_style_classifier(
             pos += batch_size
             model.train()
             xb = _augment(xs[idx], gen, noise)
-            loss = F.cross_entropy(model(xb), ys[idx], label_smoothing=0.05)
+            f = model.features(xb)
+            loss = F.cross_entropy(model.head(f), ys[idx], label_smoothing=0.05)
+            if n_subjects:
+                loss = loss + F.cross_entropy(model.subject_head(f), ts[idx], ignore_index=-1, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -272,6 +301,52 @@ def style_rates(
         raise RmloraError(f"classifier must return logits (N, K); got {tuple(logits.shape)}")
     pred = logits.argmax(dim=1)
     return {int(c): float((pred[cond == c] == c).float().mean()) for c in torch.unique(cond).tolist()}
+
+
+def predict(classifier: nn.Module, samples: torch.Tensor, batch_size: int = 256
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What ``classifier`` calls each sample (N, C, H, W): (class arg-max (N,), subject arg-max (N,)
+    or None without a subject head)."""
+    samples = _as_images(samples, "samples")
+    k = classifier.n_classes
+    logits = _run(classifier, samples, getattr(classifier, "both", classifier), batch_size)
+    subj = logits[:, k:].argmax(dim=1) if logits.shape[1] > k else None
+    return logits[:, :k].argmax(dim=1), subj
+
+
+class _Features(nn.Module):
+    """A classifier's penultimate features as torchmetrics' feature extractor."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return classifier_features(self.classifier, x).double()
+
+
+def kernel_distance(classifier: nn.Module, real: torch.Tensor, generated: torch.Tensor, subsets: int = 50,
+                    seed: int = 0) -> tuple[float, float]:
+    """KID between ``real`` and ``generated`` images (N, C, H, W) in [0, 1] on the classifier's
+    features: torchmetrics' ``KernelInceptionDistance`` (unbiased MMD², kernel (x·y/d + 1)³)
+    over ``subsets`` random subsets of half the smaller set (drawn from ``seed``). Returns
+    (mean, standard deviation over subsets); (nan, nan) with fewer than 4 images on a side."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    n = min(len(real), len(generated))
+    if n < 4:
+        return float("nan"), float("nan")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "will save all extracted features": a few hundred here
+        kid = KernelInceptionDistance(feature=_Features(classifier), subsets=subsets, subset_size=n // 2)
+    kid.update(_as_images(real, "real"), real=True)
+    kid.update(_as_images(generated, "generated"), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = kid.compute()
+    return float(mean), float(std)
 
 
 def _as_np2d(a, name: str) -> np.ndarray:

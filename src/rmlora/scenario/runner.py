@@ -137,10 +137,12 @@ def request_tag(i: int, req: Request, names: list[str]) -> str:
 
 
 def _resolve(ds: Any, items: list[str], where: str) -> list[int]:
+    """Labels of ``items``; a data set with ``expand`` lets one item name several classes (the
+    style workload's ``style:NAME``)."""
     out = []
     for it in items:
         try:
-            out.append(ds.resolve(it))
+            out += ds.expand(it) if hasattr(ds, "expand") else [ds.resolve(it)]
         except RmloraError as exc:
             raise RmloraError(f"{where}: {exc}") from None
     if len(set(out)) != len(out):
@@ -158,7 +160,7 @@ def default_requests(w: Workload, ds: Any, st: WorkloadSettings, cfg: ScenarioCo
             forget = [learn_given[i] for i in pos if i < len(learn_given)] or learn_given[1:2]
         if cfg.add is None:
             taken = set(_resolve(ds, learn_given, "--learn"))
-            add = [a for a in add if ds.resolve(a) not in taken]
+            add = [a for a in add if not taken & set(_resolve(ds, [a], "--add"))]
         learn = learn_given
     forget = cfg.forget if cfg.forget is not None else forget
     add = cfg.add if cfg.add is not None else add
