@@ -22,14 +22,11 @@ from rmlora.costs import load_profile
 from rmlora.costs.project import project
 from rmlora.costs.protocols import HEADLINE, PROTOCOLS, PathLedgers
 from rmlora.costs.report import PAPER
+from rmlora.costs.report import ratio_text as _x
 from rmlora.tasks.paper import paper_model
 
 TASKS = [("face", "face-demo", "face-mixer"), ("speaker", "speaker-demo", "speaker-lif"),
          ("image", "style-demo", "dit-b2-convnext")]
-
-
-def _x(v: float) -> str:
-    return "∞" if v == float("inf") else f"{v:.3g}x"
 
 
 def ours(summary: dict) -> tuple[dict, float | None]:

@@ -312,3 +312,31 @@ def test_rmlora_costs_projects_a_paper_model_under_every_protocol():
                      ([], "--model"), (["--model", "face-mixer", "--protocol", "cheapest"], "cheapest")):
         r = CliRunner().invoke(main, ["costs", *bad])
         assert r.exit_code == 2 and msg in r.output, (bad, r.output)
+
+
+def test_the_all_digital_reference_reads_a_layer_once_per_sample_however_many_tokens():
+    """Tokens are vectors of one sample: the reference (counted with each analogue MVM, or by
+    counting as_digital) reads a layer's weights once per sample and call, as for adapters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    deploy(model, SimulatedChip("rram-180nm", seed=0), calibrate=torch.rand(64, 8))
+    x = torch.rand(3, 10, 8) + 0.1  # 3 samples of 10 tokens
+    led, dig = Ledger(), Ledger()
+    with torch.no_grad():
+        with counting(model, led):
+            model(x)
+        with counting(model, dig, as_digital=True):
+            model(x)
+    ref = led.as_reference()
+    assert ref.counts["sram_read_bits"] == dig.counts["sram_read_bits"] == 3 * (8 * 16 + 16 * 4) * 8
+    assert ref.counts["digital_macs"] == dig.counts["digital_macs"] == 30 * (8 * 16 + 16 * 4)
+    proj = project(nn.Linear(8, 16), x, schedule=Schedule(steps=1, batch=3))
+    assert proj.paths["full"].inference.counts["reference_weight_bits"] == 3 * 8 * 16 * 8
+
+
+def test_offchip_finetune_writes_the_array_weights_to_digital_memory():
+    paths = _paths()
+    t, _, _ = protocol_ledgers("offchip-finetune", "full", paths["full"])
+    arr = paths["full"].train.counts["array_param_updates"]
+    assert arr == 1000 - 10
+    assert t.counts["sram_write_bits"] == paths["full"].train.counts["sram_write_bits"] + arr * 8

@@ -54,7 +54,8 @@ def _cli(*args: str):
 def one_error(res, *fragments: str, code: int = 2) -> str:
     """The single ``error:`` line of a failed command (asserted), checked for ``fragments``."""
     assert res.exit_code == code, (res.exit_code, res.output)
-    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     for f in fragments:

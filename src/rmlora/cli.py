@@ -453,10 +453,10 @@ def presets() -> None:
     click.echo("technology profiles: " + ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.json"))))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 from rmlora.cli_costs import costs_cmd  # noqa: E402  (its own module: the cost projection)
 
 main.add_command(costs_cmd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

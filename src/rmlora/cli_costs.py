@@ -9,10 +9,7 @@ import json
 import click
 
 from rmlora.costs.protocols import HEADLINE, PROTOCOLS
-
-
-def _x(v: float) -> str:
-    return "inf" if v == float("inf") else f"{v:.3g}x"
+from rmlora.costs.report import ratio_text as _x
 
 
 @click.command("costs")

@@ -91,10 +91,12 @@ class MvmGeometry:
 
 
 def count_mvm(led: Ledger, name: str, x2d: torch.Tensor, geo: MvmGeometry, *, n_out: int,
-              weights: int | None = None, drives: int | None = None, passes: int = 1, bit_serial: bool = False,
-              grad_input: bool = False, grad_weight: bool = False, weight_bits: int = 8) -> None:
+              samples: int | None = None, weights: int | None = None, drives: int | None = None, passes: int = 1,
+              bit_serial: bool = False, grad_input: bool = False, grad_weight: bool = False,
+              weight_bits: int = 8) -> None:
     """Count one call of an analogue layer of geometry ``geo`` on input vectors ``x2d`` (B, in)
-    → (B, ``n_out``); ``weights``: weights per vector (default in x out).
+    → (B, ``n_out``) from ``samples`` samples (default B; tokens and positions are vectors of one
+    sample); ``weights``: weights per vector (default in x out).
 
     Row drives are event-driven: zero inputs (and zero bits of a bit-serial plane: ``drives``
     set bits over ``passes`` planes) drive nothing; every tile digitises its outputs once per pass.
@@ -103,12 +105,13 @@ def count_mvm(led: Ledger, name: str, x2d: torch.Tensor, geo: MvmGeometry, *, n_
     """
     b, n_in = x2d.shape
     count_vectors(led, name, geo, b=b, n_in=n_in, active=int((x2d != 0).sum()), binary=is_binary(x2d),
-                  n_out=n_out, weights=weights, drives=drives, passes=passes, bit_serial=bit_serial,
+                  n_out=n_out, samples=samples, weights=weights, drives=drives, passes=passes, bit_serial=bit_serial,
                   grad_input=grad_input, grad_weight=grad_weight, weight_bits=weight_bits)
 
 
 def count_vectors(led: Ledger, name: str, geo: MvmGeometry, *, b: int, n_in: int, active: int, binary: bool,
-                  n_out: int, weights: int | None = None, drives: int | None = None, passes: int = 1,
+                  n_out: int, samples: int | None = None, weights: int | None = None, drives: int | None = None,
+                  passes: int = 1,
                   bit_serial: bool = False, grad_input: bool = False, grad_weight: bool = False,
                   weight_bits: int = 8) -> None:
     """:func:`count_mvm` from the call's numbers: ``b`` vectors of ``n_in`` inputs, ``active`` of
@@ -124,7 +127,8 @@ def count_vectors(led: Ledger, name: str, geo: MvmGeometry, *, b: int, n_in: int
     per_input = weights // max(1, n_in)  # weights one input multiplies
     dense_or_events = (active * per_input) if binary else b * weights
     led.add("reference_adds" if binary else "reference_macs", dense_or_events, name)
-    led.add("reference_weight_bits", b * weights * weight_bits, name)
+    # the reference reads a layer's weights once per call and sample, as the digital hooks count adapters
+    led.add("reference_weight_bits", (b if samples is None else samples) * weights * weight_bits, name)
     if grad_input:  # the transposed read: dL/dy drives the columns, the rows are digitised
         dac_n, cells, adc_n, mvms = geo.backward
         led.add("dac_conversions", b * dac_n, name)
@@ -132,9 +136,8 @@ def count_vectors(led: Ledger, name: str, geo: MvmGeometry, *, b: int, n_in: int
         led.add("adc_conversions", b * adc_n, name)
         led.add("tile_mvms", b * mvms, name)
         led.add("reference_macs", b * weights, name)
-    if grad_weight:  # dL/dW = gyᵀ·x on the digital unit
+    if grad_weight:  # dL/dW = gyᵀ·x on the digital unit (the reference keeps it: it is digital already)
         led.add("digital_adds" if binary else "digital_macs", dense_or_events, name)
-        led.add("reference_adds" if binary else "reference_macs", dense_or_events, name)
 
 
 def _rows(module: nn.Module, out: torch.Tensor) -> int:
@@ -152,13 +155,16 @@ def _digital_hook(ledger: Ledger, name: str, weights_of, input_weights_of, bits:
         if per_row == 0:
             return
         rows = _rows(module, out)
-        mult = 3 if torch.is_grad_enabled() else 1
+        grad = torch.is_grad_enabled()
+        mult = 3 if grad else 1
         x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         if input_weights_of is not None and x is not None and x.dim() >= 1 and is_binary(x):
-            # spikes: A·x (or W·x) accumulates the weights of the active inputs; the rest is dense
+            # spikes: A·x (or W·x) and its weight gradient accumulate the weights of the active
+            # inputs; the input gradient through A and everything after A·x stay dense
             a = input_weights_of(module)
-            ledger.add("digital_adds", mult * int((x != 0).sum()) * (a // x.shape[-1]), name)
-            ledger.add("digital_macs", mult * rows * (per_row - a), name)
+            events = int((x != 0).sum()) * (a // x.shape[-1])
+            ledger.add("digital_adds", (2 if grad else 1) * events, name)
+            ledger.add("digital_macs", mult * rows * (per_row - a) + (rows * a if grad else 0), name)
         else:
             ledger.add("digital_macs", mult * rows * per_row, name)
         key = "register_read_bits" if resident else "sram_read_bits"

@@ -43,6 +43,8 @@ KEYS = {
     "reference_weight_bits": "weight bits the all-digital reference reads from SRAM per sample (not priced)",
     "optimizer_steps": "optimiser steps (not priced)",
     "trained_params": "parameters trained, summed over steps (not priced)",
+    "array_param_updates": "trained parameters held in the arrays, summed over steps (not priced: the arrays are "
+                           "reprogrammed instead; off-chip training writes them to SRAM)",
     "trained_cells": "cells holding trained weights, summed over steps (full update; not priced)",
     "samples": "samples that passed through the model (not priced)",
 }
@@ -51,12 +53,10 @@ KEYS = {
 KINDS = ("dac", "array", "adc", "digital", "activation", "sram", "optimizer", "write_verify", "leakage")
 #: keys of the parameter update (what the ``reprogram-every-step`` protocol compares)
 UPDATE_KEYS = frozenset({"sram_write_bits", "optimizer_bits", "fp32_ops", "set_pulses", "reset_pulses",
-                         "verify_reads", "programmed_cells"})
+                         "verify_reads", "programmed_cells", "array_param_updates"})
 #: keys of analogue MVMs, which the all-digital reference replaces by its ``reference_*`` keys
 ANALOG_KEYS = frozenset({"dac_conversions", "row_drives", "cell_reads", "adc_conversions", "tile_mvms",
                          "dac_clipped", "adc_clipped"})
-_UNPRICED = ("programmed_cells", "reference_macs", "reference_adds", "reference_weight_bits", "optimizer_steps",
-             "trained_params", "trained_cells", "samples", "dac_clipped", "adc_clipped", "register_read_bits")
 
 
 @dataclass
@@ -133,11 +133,12 @@ class Ledger:
         }
 
     def _time(self, c: Counter, prof: TechProfile) -> dict[str, float]:
-        adc_rounds = -(-128 // max(1, prof.adcs_per_tile))  # conversions per ADC for a 128-column tile
-        t_tile = prof.tile_read_time_s + adc_rounds * prof.adc_time_s
+        # a tile MVM settles, then its columns are converted by the tile's ADCs in rounds (at least one)
+        rounds = max(-(-c["adc_conversions"] // prof.adcs_per_tile), c["tile_mvms"])
+        t_array = (c["tile_mvms"] * prof.tile_read_time_s + rounds * prof.adc_time_s) / prof.parallel_tiles
         pe = prof.pe_macs_per_cycle * prof.clock_hz
         return {
-            "dac": 0.0, "array": c["tile_mvms"] * t_tile / prof.parallel_tiles, "adc": 0.0,  # in the tile read
+            "dac": 0.0, "array": t_array, "adc": 0.0,  # inside the tile read
             "digital": (c["digital_macs"] + c["digital_adds"]) / pe,
             "activation": c["activation_macs"] / pe,
             "sram": (c["sram_read_bits"] + c["sram_write_bits"]) / (prof.sram_bits_per_cycle * prof.clock_hz),

@@ -121,11 +121,13 @@ def write_verify_per_cell(preset: Any, move_tol: float, cells: int = 20_000, see
 
 
 def _layers(model: nn.Module, exclude: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """The layers deployment would put on the chip (as :func:`rmlora.hardware.deploy` selects them)."""
     from rmlora.hardware.deploy import check_mappable
+    from rmlora.hardware.layers import analog_class
 
     out = []
     for name, m in model.named_modules():
-        if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d) and not any(fnmatch.fnmatch(name, pat) for pat in exclude):
+        if analog_class(m) is not None and not any(fnmatch.fnmatch(name, pat) for pat in exclude):
             check_mappable(name, m)
             out.append((name, m))
     if not out:
@@ -145,8 +147,10 @@ def _analog_hooks(led: Ledger, layers: list[tuple[str, nn.Module]], geometry: Ca
     """Hooks that count each layer's calls as analogue MVMs (as the deployed layer would)."""
     def make(name: str, geo: MvmGeometry):
         def hook(module, inputs, output):
-            x2d = _vectors(module, inputs[0])
+            x = inputs[0]
+            x2d = _vectors(module, x)
             count_mvm(led, name, x2d, geo, n_out=module.weight.shape[0], weights=module.weight.numel(),
+                      samples=x.shape[0] if x.dim() > 1 else 1,
                       grad_input=torch.is_grad_enabled() and x2d.requires_grad,
                       grad_weight=torch.is_grad_enabled() and module.weight.requires_grad)
         return hook
@@ -184,6 +188,7 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
 
     from rmlora.config import AdapterConfig
     from rmlora.device import load_preset
+    from rmlora.hardware.layers import analog_class
     from rmlora.methods.train import count_update
 
     adapter = adapter or AdapterConfig()
@@ -198,6 +203,8 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
     counted_batch = int(first.shape[0])
     per_batch = sched.batch / counted_batch  # the example may be smaller than a training batch
     base = copy.deepcopy(model).float().train()
+    if analog_class(base) is not None:  # a bare layer: give peft a parent to put the adapter in
+        base = nn.Sequential(base)
     layers = _layers(base, exclude)
     names = [n for n, _ in layers]
     targets = names if lora_targets is None else [n for n in names if any(fnmatch.fnmatch(n, g) for g in lora_targets)]
@@ -206,21 +213,15 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
                           f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
     offset = p.mapping == "offset"
 
-    geometries: dict[tuple, MvmGeometry] = {}
-
     def geometry(m: nn.Module) -> MvmGeometry:
-        key = (type(m), tuple(m.weight.shape), getattr(m, "groups", 1))
-        if key not in geometries:
-            if isinstance(m, nn.Conv2d) and m.groups > 1:  # packed blocks: ask the analogue layer (small arrays)
-                from rmlora.hardware import SimulatedChip
-                from rmlora.hardware.layers import AnalogGroupedConv2d
+        if isinstance(m, nn.Conv2d) and m.groups > 1:  # kernel blocks packed onto tiles, as deployed
+            from rmlora.hardware import SimulatedChip
+            from rmlora.hardware.layers import PackPlan, depthwise_kernel
 
-                geometries[key] = AnalogGroupedConv2d.from_float(
-                    copy.deepcopy(m), SimulatedChip(p, tile=tile, seed=0), "packed").core.geometry()
-            else:
-                geometries[key] = MvmGeometry.dense(m.weight[0].numel(), m.weight.shape[0], tile,
-                                                    p.cells_per_weight, offset)
-        return geometries[key]
+            chip = SimulatedChip(p, tile=tile, seed=0)  # its geometry only: nothing is allocated
+            return PackPlan(m, chip, "packed").geometry(p.cells_per_weight, offset,
+                                                        depthwise_kernel(m, chip) is not None)
+        return MvmGeometry.dense(m.weight[0].numel(), m.weight.shape[0], tile, p.cells_per_weight, offset)
 
     cells = {layer_name(n): m.weight[0].numel() * m.weight.shape[0] * p.cells_per_weight for n, m in layers}
 
@@ -228,7 +229,7 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
         return Ledger(adc_bits=adc_bits, register_bits=prof.pe_register_bits)
 
     def count(net: nn.Module, led: Ledger, train: bool) -> None:
-        net_layers = [(n, m) for n, m in net.named_modules() if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d)
+        net_layers = [(n, m) for n, m in net.named_modules() if analog_class(m) is not None
                       and layer_name(n) in cells]
         with ExitStack() as stack:
             stack.enter_context(counting(net, led, bits=adapter_bits))

@@ -41,6 +41,7 @@ PROTOCOLS = {
     "offchip-finetune": "the full update computed off-chip on a digital unit and deployed with one reprogramming",
 }
 _WV = ("set_pulses", "reset_pulses", "verify_reads")
+WEIGHT_BITS = 8  # an INT8 weight written back after an off-chip step (its FP32 master: optimizer_bits)
 
 
 @dataclass
@@ -110,8 +111,10 @@ def protocol_ledgers(protocol: str, path: str, pl: PathLedgers) -> tuple[Ledger,
     if protocol == "reprogram-every-step":
         train = every_step_update(pl.train, pl.deploy) if path == "full" else pl.train.only(UPDATE_KEYS)
         return train, pl.deploy, pl.inference
-    if protocol == "offchip-finetune" and path == "full":
-        return pl.train.as_reference().only(set(_WV) | {"programmed_cells"}, drop=True), pl.deploy, pl.inference
+    if protocol == "offchip-finetune" and path == "full":  # the array weights live in digital memory instead
+        train = pl.train.as_reference().only(set(_WV) | {"programmed_cells"}, drop=True)
+        train.add("sram_write_bits", train.counts["array_param_updates"] * WEIGHT_BITS)
+        return train, pl.deploy, pl.inference
     return pl.train, pl.deploy, pl.inference
 
 

@@ -41,8 +41,12 @@ def layer_breakdown(paths: dict[str, PathLedgers], profile: TechProfile) -> dict
     return out
 
 
-def _x(v: float) -> str:
+def ratio_text(v: float) -> str:
+    """A ratio as the tables print it: 3 significant digits and an x, ∞ when the divisor is 0."""
     return "∞" if v == float("inf") else f"{v:.3g}x"
+
+
+_x = ratio_text
 
 
 def protocols_table(per_seed: list[dict[str, Any]]) -> str:

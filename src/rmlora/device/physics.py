@@ -101,7 +101,7 @@ def program(g0: torch.Tensor, target: torch.Tensor, d2d: torch.Tensor, stuck: to
     Targets are first clipped to the window and snapped to levels. The loop
     runs in :func:`rmlora.device.kernels.program_cells` on the CPU, or in
     :func:`rmlora.device.eager.program_cells` on the targets' device when that
-    is not the CPU (a GPU; bit-identical results): per cell a verify read, then
+    is not the CPU (a GPU: the same operations; bit-identical to the compiled kernel on the CPU, tested): per cell a verify read, then
     a SET or RESET pulse unless within tolerance, until ``passes_required``
     reads in a row pass or ``max_pulses`` are spent; then relaxation. Returns
     the per-cell record on the targets' device; ``g0`` is not modified.

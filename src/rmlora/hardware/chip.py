@@ -82,6 +82,10 @@ class Chip(ABC):
     calibration_percentile: float = 99.9
     bit_serial: bool = False
 
+    def tiles_for(self, rows: int, cols: int, cols_per_tile: int | None = None) -> int:
+        """Tiles a rows x cols matrix of cells occupies (``cols_per_tile`` columns on each)."""
+        return math.ceil(rows / self.tile_rows) * math.ceil(cols / (cols_per_tile or self.tile_cols))
+
     @abstractmethod
     def allocate(self, name: str, rows: int, cols: int, cols_per_tile: int | None = None) -> ArrayHandle:
         """Place a rows x cols matrix of cells on tiles; ``cols_per_tile`` (None: the tile's width)
@@ -163,10 +167,6 @@ class SimulatedChip(Chip):
     @property
     def tiles_used(self) -> int:
         return self._tiles_used
-
-    def tiles_for(self, rows: int, cols: int, cols_per_tile: int | None = None) -> int:
-        """Tiles a rows x cols matrix of cells occupies (``cols_per_tile`` columns on each)."""
-        return math.ceil(rows / self.tile_rows) * math.ceil(cols / (cols_per_tile or self.tile_cols))
 
     @property
     def free_tiles(self) -> int | None:

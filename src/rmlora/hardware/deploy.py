@@ -155,8 +155,8 @@ def layer_inference(model: nn.Module, feed: Feed, examples: int, profile: TechPr
         c = led.counts
         rows.append({"layer": name, "inference_energy_J": led.energy(profile)["total"] / n,
                      "inference_time_s": led.time(profile)["total"] / n,
-                     "mvms_per_example": c["tile_mvms"] / m.core.mvms() / n,
-                     "dac_clipped_fraction": c["dac_clipped"] / max(1, c["dac_conversions"] // m.core.row_drive()[0]),
+                     "mvms_per_example": c["tile_mvms"] / m.core.geometry().mvms / n,
+                     "dac_clipped_fraction": c["dac_clipped"] / max(1, c["dac_conversions"] // m.core.geometry().drive_tiles),
                      "adc_clipped_fraction": c["adc_clipped"] / max(1, c["adc_conversions"])})
     return rows
 
@@ -186,7 +186,7 @@ def deploy(model: nn.Module, chip: Chip, *, exclude: tuple[str, ...] = (),
             targets.append((m, child_name, full, child, cls, cls.tiles_needed(child, chip, full)))  # refuses early
     if not targets:
         raise RmloraError("the model has no Linear/Conv1d/Conv2d layer to deploy")
-    for *_, full, child, _ in targets:  # the bias is added digitally after the ADC: it must be finite too
+    for _, _, full, child, _, _ in targets:  # the bias is added digitally after the ADC: it must be finite too
         _finite_bias(full, child, "nothing was programmed")
     free = getattr(chip, "free_tiles", None)
     if free is not None:  # refuse before swapping anything, so the model stays usable

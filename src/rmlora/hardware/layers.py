@@ -131,25 +131,11 @@ class CrossbarCore:
         return self.chip.tile_rows
 
     def geometry(self) -> MvmGeometry:
-        """What one input vector costs on this layer's tiles (the ledger's counts)."""
-        fanout, cells = self.row_drive()
-        return MvmGeometry(fanout, cells, self.mvms(), self.handle.row_tiles * self.out_features,
-                           self.backward_work())
-
-    def row_drive(self) -> tuple[int, int]:
-        """(tiles one input row drives, cells it reads there, reference cells included)."""
-        h = self.handle
-        return h.col_tiles, h.cols + (h.col_tiles if self.p.mapping == "offset" else 0)
-
-    def mvms(self) -> int:
-        """Tile MVMs one input vector takes."""
-        return self.handle.row_tiles * self.handle.col_tiles
-
-    def backward_work(self) -> tuple[int, int, int, int]:
-        """(DAC conversions, cells read, ADC conversions, tile MVMs) of one vector's read for dL/dx:
-        the transposed read drives every column and digitises every row of every tile."""
-        h = self.handle
-        return self.out_features * h.row_tiles, h.cells, h.col_tiles * h.rows, h.row_tiles * h.col_tiles
+        """What one input vector costs on this layer's tiles (the ledger's counts): every input row
+        drives its row across the column tiles; the transposed read of dL/dx drives every column and
+        digitises every row of every tile."""
+        return MvmGeometry.dense(self.in_features, self.out_features, (self.chip.tile_rows, self.chip.tile_cols),
+                                 self.p.cells_per_weight, self.p.mapping == "offset")
 
     def transposed_calibration(self, q: float) -> torch.Tensor:
         """ADC full scales of the transposed read (column tiles, row tiles): the ``q``-th percentile
@@ -178,6 +164,7 @@ class CrossbarCore:
     # -- the forward read --------------------------------------------------------------
     def forward_currents(self, x: torch.Tensor) -> torch.Tensor:
         """Digitised output (B, out) of one MVM per input vector (see the module docstring)."""
+        self.drives = (None, 1)  # the non-zero inputs, counted by the ledger when it asks
         if self.collect is not None:  # calibrating: record inputs, pass the noise-free product on
             record(self.collect, x)
             return (x @ self.signed) / self.scale
@@ -376,20 +363,23 @@ class AnalogLayer:
     def program(self) -> ProgramStats:
         return self.core.program(self.matrix())
 
-    def _matmul(self, x2d: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The counted analogue MVM of input vectors ``x2d`` (B, in) → (B, out)."""
+    def _matmul(self, x2d: torch.Tensor, weight: torch.Tensor | None = None, samples: int | None = None
+                ) -> torch.Tensor:
+        """The counted analogue MVM of input vectors ``x2d`` (B, in) → (B, out), from ``samples``
+        samples (default B)."""
         y = self.core.mvm(x2d, self.weight if weight is None else weight)
         if self.ledger is not None:
-            self._count(x2d)
+            self._count(x2d, samples)
             self.ledger.add("dac_clipped", self.core.clipped[0], self.core.name)
             self.ledger.add("adc_clipped", self.core.clipped[1], self.core.name)
         return y
 
-    def _count(self, x2d: torch.Tensor) -> None:
+    def _count(self, x2d: torch.Tensor, samples: int | None = None) -> None:
         """Count the call just made (:func:`rmlora.costs.counting.count_mvm`)."""
         drives, passes = self.core.drives
         count_mvm(self.ledger, self.core.name, x2d, self.core.geometry(), n_out=self.core.out_features,
-                  weights=self.weight.numel(), drives=drives, passes=passes, bit_serial=drives is not None,
+                  samples=samples, weights=self.weight.numel(), drives=drives, passes=passes,
+                  bit_serial=getattr(self.core.chip, "bit_serial", False),
                   grad_input=torch.is_grad_enabled() and x2d.requires_grad,
                   grad_weight=torch.is_grad_enabled() and self.weight.requires_grad)
 
@@ -428,7 +418,7 @@ class AnalogLinear(AnalogLayer, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = self._matmul(x.reshape(-1, shape[-1]))
+        y = self._matmul(x.reshape(-1, shape[-1]), samples=shape[0] if x.dim() > 1 else 1)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features)
@@ -448,7 +438,7 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2d, (ho, wo) = im2col(self, x)
         b = x.shape[0]
-        y = self._matmul(x2d, self.weight.flatten(1))
+        y = self._matmul(x2d, self.weight.flatten(1), samples=b)
         y = y.view(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
@@ -468,7 +458,7 @@ class AnalogConv1d(AnalogLayer, nn.Conv1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2d, (lo,) = im2col(self, x)
-        y = self._matmul(x2d, self.weight.flatten(1)).view(x.shape[0], lo, -1).transpose(1, 2)
+        y = self._matmul(x2d, self.weight.flatten(1), samples=x.shape[0]).view(x.shape[0], lo, -1).transpose(1, 2)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1)
         return y
@@ -482,7 +472,10 @@ class PackPlan:
     vector (the K² taps of each channel, channel-major as F.unfold orders them) to its cout_g
     outputs: a *block* of S = cin_g·K² rows by cout_g columns. The blocks are independent, so
     each one is read by its own MVM: its S word lines are activated with its inputs and its
-    cout_g columns digitised; nothing else of the tile conducts. Blocks therefore share rows and
+    cout_g columns digitised. Assumption: the other blocks' columns on the driven rows are not
+    biased (their bit lines float), so they draw no current and their cells are not counted as
+    read; a design that biases whole rows would read up to a tile's width of cells per driven row
+    (docs/costs.md). Blocks therefore share rows and
     columns of a tile freely: a tile holds ``stack`` = ⌊rows/S⌋ blocks one above the other in
     every run of cout_g weight columns. A depthwise 7x7 convolution (S = 49, cout_g = 1) puts
     2 x 64 = 128 channels on one 128x128 tile of differential pairs (98 of its 128 rows used);
@@ -512,6 +505,18 @@ class PackPlan:
         self.block_tile = (q * self.width * cpw) // self.cols_per_tile
         self.block_rows = j[:, None] * self.rows + torch.arange(self.rows)[None, :]  # (G, S)
         self.out_row = (j * self.rows).repeat_interleave(self.width)  # first array row of each output's block
+
+    def geometry(self, cells_per_weight: int, reference_column: bool, depthwise: bool) -> MvmGeometry:
+        """What one im2col vector costs: an input row drives the one block it belongs to (its
+        weight columns and the tile's reference cell on that row); each group is one MVM with one
+        conversion per output; dL/dx is a transposed read block by block, or for a depthwise read
+        (``depthwise``) a forward read of the flipped kernel, K² rows driven and one conversion
+        per block."""
+        cells = self.stack * self.rows * self.n_cols * self.width * cells_per_weight  # the array's
+        back = (self.groups * self.rows, cells, self.groups, self.groups) if depthwise else \
+            (self.groups * self.width, cells, self.groups * self.rows, self.groups)
+        return MvmGeometry(1, self.width * cells_per_weight + (1 if reference_column else 0), self.groups,
+                           self.groups * self.width, back)
 
     def arrange(self, blocks: torch.Tensor) -> torch.Tensor:
         """Per-group blocks (G, cout_g, S) → the array's (n_cols·cout_g, stack·S) matrix
@@ -552,12 +557,9 @@ class PackedCore(CrossbarCore):
     def in_tile_width(self) -> int:
         return self.plan.rows
 
-    def row_drive(self) -> tuple[int, int]:
-        """An input row drives the one block it belongs to."""
-        return 1, self.plan.width * self.p.cells_per_weight + (1 if self.p.mapping == "offset" else 0)
-
-    def mvms(self) -> int:
-        return self.plan.groups
+    def geometry(self) -> MvmGeometry:
+        return self.plan.geometry(self.p.cells_per_weight, self.p.mapping == "offset",
+                                  self.depthwise_kernel is not None)
 
     def refresh(self) -> None:
         h, p = self.handle, self.plan
@@ -715,8 +717,9 @@ class PackedCore(CrossbarCore):
         b, _, h, w = xq.shape
         return y.view(b, h, w, c).permute(0, 3, 1, 2), aclip
 
-    def depthwise_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer's output (B, C, H, W) before the bias, for inputs ``x`` (B, C, H, W)."""
+    def depthwise_forward(self, x: torch.Tensor, count: bool = True) -> torch.Tensor:
+        """The layer's output (B, C, H, W) before the bias, for inputs ``x`` (B, C, H, W); with
+        ``count`` also the row drives and DAC clips the ledger asks for (two more convolutions)."""
         chip, c, k = self.chip, self.plan.groups, self.depthwise_kernel
         if self.needs_ranges and self.ranges is None:
             raise RmloraError(f"{self.name}: converter ranges are not calibrated; deploy with calibration inputs "
@@ -728,8 +731,9 @@ class PackedCore(CrossbarCore):
 
         def in_patches(mask: torch.Tensor) -> int:  # entries of the im2col vectors where ``mask`` holds
             return int(F.conv2d(mask.to(x.dtype), ones, padding=k // 2, groups=c).sum())
-        dclip = in_patches(x.detach().abs() > fs * (1 + 0.5 / levels(chip.dac_bits))) if chip.dac_bits else 0
-        self.drives = (in_patches(x.detach() != 0), 1)  # as the im2col path counts: non-zero inputs
+        dclip = in_patches(x.detach().abs() > fs * (1 + 0.5 / levels(chip.dac_bits))) if chip.dac_bits and count \
+            else 0
+        self.drives = (in_patches(x.detach() != 0) if count else 0, 1)  # as the im2col path counts: non-zero inputs
         y, aclip = self._conv_read(xq, None if chip.adc_bits is None else self.ranges.adc)
         self.clipped = [dclip, aclip]
         return y * self._gain().view(1, c, 1, 1).to(y.dtype)
@@ -761,12 +765,6 @@ class PackedCore(CrossbarCore):
         part = (gq.view(512, c, s) * blocks.flip(-1)).sum(2).unsqueeze(0)  # (1, 512, C)
         return _tile_percentile(part, 1, q)
 
-    def backward_work(self) -> tuple[int, int, int, int]:
-        p = self.plan
-        if self.depthwise_kernel is not None:  # K² rows driven, one conversion per block
-            return p.groups * p.rows, self.handle.cells, p.groups, p.groups
-        return p.groups * p.width, self.handle.cells, p.groups * p.rows, p.groups
-
     def weight_grad(self, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """dL/dW (G·cout_g, S) of the kernels, block by block (the digital unit's work)."""
         p = self.plan
@@ -786,11 +784,7 @@ class AnalogGroupedConv2d(AnalogConv2d):
         _adopt(new, conv)
         new.plan = PackPlan(conv, chip, name)
         new.core = PackedCore(chip, name, new.plan)
-        k = conv.kernel_size[0]
-        if (conv.in_channels == conv.groups == conv.out_channels and conv.kernel_size == (k, k) and k % 2
-                and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2)
-                and chip.range_mode == "calibrated" and not getattr(chip, "bit_serial", False)):
-            new.core.depthwise_kernel = k
+        new.core.depthwise_kernel = depthwise_kernel(conv, chip)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -802,7 +796,8 @@ class AnalogGroupedConv2d(AnalogConv2d):
             grad = torch.is_grad_enabled()
             count_vectors(self.ledger, core.name, core.geometry(), b=y.shape[0] * y.shape[2] * y.shape[3],
                           n_in=self.weight[0].numel() * self.groups, active=core.drives[0], binary=is_binary(x),
-                          n_out=core.out_features, weights=self.weight.numel(), grad_input=grad and x.requires_grad,
+                          n_out=core.out_features, samples=x.shape[0], weights=self.weight.numel(),
+                          grad_input=grad and x.requires_grad,
                           grad_weight=grad and self.weight.requires_grad)
             self.ledger.add("dac_clipped", core.clipped[0], core.name)
             self.ledger.add("adc_clipped", core.clipped[1], core.name)
@@ -826,7 +821,7 @@ class _DepthwiseRead(torch.autograd.Function):
     def forward(ctx, x, weight, layer: AnalogGroupedConv2d):  # noqa: D401
         ctx.layer = layer
         ctx.save_for_backward(x if weight.requires_grad else x.new_zeros(0))
-        return layer.core.depthwise_forward(x)
+        return layer.core.depthwise_forward(x, count=layer.ledger is not None)
 
     @staticmethod
     def backward(ctx, gy):
@@ -840,6 +835,17 @@ class _DepthwiseRead(torch.autograd.Function):
 
 
 ANALOG_TYPES = {nn.Linear: AnalogLinear, nn.Conv1d: AnalogConv1d, nn.Conv2d: AnalogConv2d}
+
+
+def depthwise_kernel(conv: nn.Conv2d, chip: Chip) -> int | None:
+    """K when ``conv`` is a depthwise K x K 'same' convolution the chip reads as a convolution
+    (calibrated ranges, multi-bit DACs): :class:`AnalogGroupedConv2d`'s fast path; else None."""
+    k = conv.kernel_size[0]
+    if (conv.in_channels == conv.groups == conv.out_channels and conv.kernel_size == (k, k) and k % 2
+            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2)
+            and chip.range_mode == "calibrated" and not getattr(chip, "bit_serial", False)):
+        return k
+    return None
 
 
 def analog_class(m: nn.Module) -> type[AnalogLayer] | None:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rmlora.config import TrainConfig
-from rmlora.costs.counting import counting
+from rmlora.costs.counting import ANALOG, counting
 from rmlora.costs.ledger import Ledger
 
 
@@ -48,6 +48,7 @@ def count_update(ledger: Ledger, n_param: int, n_digital: int, bits: int) -> Non
     """Count one optimiser step over ``n_param`` parameters, of which ``n_digital`` live in SRAM
     (written back at ``bits`` each; those in the arrays are reprogrammed by the path instead)."""
     ledger.add("sram_write_bits", n_digital * bits)
+    ledger.add("array_param_updates", n_param - n_digital)
     ledger.add("optimizer_bits", n_param * ADAM_STATE_BITS)
     ledger.add("fp32_ops", n_param * ADAM_FP32_OPS)
     ledger.add("optimizer_steps", 1)
@@ -73,7 +74,7 @@ def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Call
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = [p for g in opt.param_groups for p in g["params"]]
     n_param = sum(p.numel() for p in params)
-    in_arrays = {id(m.weight) for m in model.modules() if getattr(m, "rmlora_counting", None) == "analog"}
+    in_arrays = {id(m.weight) for m in model.modules() if getattr(m, "rmlora_counting", None) == ANALOG}
     n_digital = sum(p.numel() for p in params if id(p) not in in_arrays)  # held in SRAM, not in the arrays
     best_score, best_state, best_step = -float("inf"), None, 0
     history = {"step": [], "loss": [], "score": []}

@@ -68,7 +68,7 @@ class StyleClassifier(nn.Module):
     conv + BatchNorm + ReLU, 2x2 max-pooling between blocks), global average
     pooling to the
     ``features`` (B, widths[-1]) and a linear head to ``n_classes`` logits; with
-    ``n_subjects`` a second head gives the subject's logits (:meth:`subject_logits`).
+    ``n_subjects`` a second head gives the subject's logits (:meth:`both` returns both heads).
     """
 
     def __init__(self, n_classes: int, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128),

@@ -230,14 +230,10 @@ class Device:
         return self.plan.workload.evaluate(self.lane.path.model, self.run.data, self.state, self.lane.columns)
 
     # -- saving ---------------------------------------------------------------------------
-    def save(self, folder: str | Path, *, new: bool = False) -> None:
-        """Write the device to ``folder`` through a temporary copy swapped in at the end
-        (``new``: a new folder, which must be absent or empty)."""
+    def save(self, folder: str | Path) -> None:
+        """Write the device back to its ``folder`` through a temporary copy swapped in at the end
+        (a new device folder is made by the CLI's run folder and :meth:`write`)."""
         folder = Path(folder)
-        if new:
-            with RunFolder(folder, marker="device.json", kind="device") as rf:
-                self._write(rf.tmp)
-            return
         if not (folder / "device.json").is_file():
             raise RmloraError(f"{folder} is not a device folder (no device.json)")
         tmp = temp_sibling(folder.resolve())

@@ -227,7 +227,7 @@ def paper_model(n_classes: int = 30, device: str = "cpu") -> nn.Module:
     """The paper's image model at the paper's size: the ConvNeXt-block DiT-B/2 (depth 12, hidden 768,
     patch 2, 7x7 depthwise convolutions) on 16x16x4 latents of 128 px images, ``n_classes`` classes
     (+ the null label); LoRA rank 4, alpha 8 on the MLP layers (``*ff.net*``) is the adapter of the
-    ``paper`` configuration (:func:`style_settings`). About 130 M weights, every one deployable."""
+    ``paper`` configuration (:func:`style_settings`). About 102 M weights; every Linear and Conv2d is deployable (the class table stays digital)."""
     return style_settings("paper", device=device).build(n_classes)
 
 
