@@ -2,7 +2,9 @@
 # Regenerates every figure and table that README.md and docs/ show, from the runs themselves.
 #   bash scripts/refresh_docs.sh [DATA_DIR]   (DATA_DIR holds att_faces/ and fsdd/; default ../shared/data)
 # Two lanes run side by side, one thread each (the CI-size machine has two cores): the style run in
-# one, the face and speaker runs in the other; about 50 min on the 2-core CPU machine.
+# one, the face and speaker runs in the other; about 50 min on the 2-core CPU machine. Then the
+# unlearning evaluation (docs/evaluation.md) in two lanes again: face protocols in one, speaker in the
+# other, each seed's pretrained model cached between the protocols of a workload.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/data}"
@@ -26,6 +28,18 @@ run face-wan2022 --workload face --data-dir "$data" --preset wan2022
 run speaker-demo --workload speaker --data-dir "$data"
 run speaker-sequence --workload speaker --data-dir "$data" --seeds 1 --requests "forget:jackson,add:yweweler,forget:george,repair,undo:1"
 wait "$style"
+# the unlearning evaluation: the field's methods on both paths, 10 seeds on one fixed split (5 for the sequence);
+# the face protocols in one lane, the speaker protocols in the other
+cache="$runs/cache"
+eval=(--configuration eval --methods field --data-dir "$data" --cache "$cache")
+( run eval-face-class --workload face "${eval[@]}" \
+  && run eval-face-samples --workload face "${eval[@]}" --requests "forget:10%" \
+  && run eval-face-sequence --workload face "${eval[@]}" --requests "forget:s3,forget:s17,forget:s29" --seeds 5 ) &
+faces=$!
+run eval-speaker-class --workload speaker "${eval[@]}"
+run eval-speaker-samples --workload speaker "${eval[@]}" --requests "forget:10%"
+wait "$faces"
+python3 scripts/evaluation_doc.py docs > docs/evaluation.md
 python3 scripts/readme_tables.py README.md docs/face-demo/summary.json
 echo "regenerated docs/sigma_curve.png, docs/calibration_percentile_*.json, docs/face-demo, docs/face-sequence, docs/face-wan2022, docs/speaker-demo," \
-     "docs/speaker-sequence, docs/style-demo and README.md's tables"
+     "docs/speaker-sequence, docs/style-demo, docs/eval-*, docs/evaluation.md and README.md's tables"
