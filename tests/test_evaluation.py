@@ -236,3 +236,21 @@ def test_default_demo_settings_found_on_test_data_were_chosen_again_on_validatio
         assert d["setting"] == name
         both = {v: [x + y for x, y in zip(s["lora"], s["full"])] for v, s in d["scores"].items()}
         assert getattr(get_workload(workload).settings("default"), name) == pytest.approx(float(choose(both)))
+
+
+def test_an_output_mask_is_lifted_by_undo_and_by_an_attacker(tmp_path):
+    from rmlora.scenario.runner import _Lane
+
+    lane = _Lane(None, [0, 1, 2], None, None)
+    lane.masked[1] = ([0, 1, 2], [1])
+    lane.columns = [0, None, 2, 5]  # class 1 masked, class 5 added later
+    assert lane.unmasked() == [0, 1, 2, 5]
+    r = _procedural_run(tmp_path, ScenarioConfig(workload="face", configuration="quick", seeds=1, progress=False,
+                                                 methods=["mask"], requests=parse_requests("forget:proc-2,undo:1"),
+                                                 settings=TINY))
+    deployed, masked, lifted = (q.paths["lora"] for q in r.per_seed[0].requests)
+    assert masked.metrics["forget_acc"] == 0 and masked.per_class["test_acc"]["proc-2"] == 0
+    assert "output mask lifted" in lifted.note and lifted.training_J == 0
+    assert deployed.per_class["test_acc"]["proc-2"] > 0  # the deployed model recognises proc-2 ...
+    # ... and once the mask is lifted it answers as before (the same network on the same chip)
+    assert lifted.per_class["test_acc"]["proc-2"] == pytest.approx(deployed.per_class["test_acc"]["proc-2"], abs=0.5)

@@ -45,7 +45,7 @@ class AuditConfig(ConfigBase):
     the linear probe. Attack settings, not a method's: nothing here is tuned."""
 
     section: ClassVar[str] = "audit"
-    relearn_max_steps: int = _help("relearning: the attacker's step budget (results above it are censored)", 60)
+    relearn_max_steps: int = _help("relearning: the attacker's step budget (results above it are censored)", 30)
     relearn_every: int = _help("relearning: check the forget accuracy every this many steps", 2)
     relearn_lr: float = _help("relearning: Adam learning rate of the attacker's LoRA adapter (the adapter "
                               "path's forget learning rate of the workload, not tuned)", 1e-2)

@@ -409,13 +409,14 @@ def threat_section(r: ScenarioResult) -> str:
         lines.append("* **Querying the chip** (black box, the kept classes' scores): the likelihood-ratio attack "
                      "tells each path from the retrained model with AUC " + ", ".join(
                          f"{lane_label(n)} {v:.3f}" for v, n in best) + " (0.5: indistinguishable).")
-    merges = [(n, row["merge_J"], row["merge_s"]) for n, row in rows.items()
+    merges = [(n, row["merge_J"], row["merge_s"], row["deployment_overhead_J"]) for n, row in rows.items()
               if row.get("merge_J") and not math.isnan(row["merge_J"]["mean"])]
     if merges:
         lines.append("* **Merging the adapters into the arrays** at a maintenance window (afterwards nothing can be "
-                     "switched off; the update is exactly as inexact as before): write-verify of the moved cells, "
-                     + "; ".join(f"{lane_label(n)} {_num(j['mean'], '.3e')} J, {_num(t['mean'], '.3e')} s" for n, j, t
-                                 in merges) + " per chip (mean over seeds), against writing the adapter into SRAM.")
+                     "switched off; the update is exactly as inexact as before): write-verify of the moved cells per "
+                     "chip, mean over seeds, against writing the adapter into SRAM — "
+                     + "; ".join(f"{lane_label(n)} {_num(j['mean'], '.2e')} J and {_num(t['mean'], '.2e')} s against "
+                                 f"{_num(d['mean'], '.2e')} J" for n, j, t, d in merges) + ".")
     lines.append("* **The deletion ledger** (`deletion_ledger.jsonl`, hash-chained) proves which forget and undo "
                  "requests were recorded, in which order, with which adapter and the scores measured then; an edited "
                  "or removed entry breaks the chain. It does not prove that the adapter is active on the chip now, "

@@ -386,15 +386,18 @@ class _Lane:
     deploy: Ledger
     undo: dict[int, tuple[str | None, Any]] = field(default_factory=dict)  # request -> (adapter, extension)
     method: str | None = None  # the unlearning method (None: the plan's); references: None
-    masked: dict[int, list] = field(default_factory=dict)  # request -> columns before its output mask
+    masked: dict[int, tuple[list, list]] = field(default_factory=dict)  # request -> (columns before, masked labels)
     seconds: float = 0.0  # wall time of its requests (s)
     float_examples: int = 0  # references: examples seen by their float training (the estimated digital cost)
 
     def unmasked(self) -> list:
         """The columns with every output mask lifted (what an attacker who flips the switch sees)."""
-        if not self.masked:
-            return list(self.columns)
-        return list(self.masked[min(self.masked)])
+        cols = list(self.columns)
+        for before, labels in self.masked.values():
+            for j, c in enumerate(before[:len(cols)]):
+                if cols[j] is None and c in labels:
+                    cols[j] = c
+        return cols
 
 
 class _SeedRun:
@@ -650,7 +653,7 @@ class _SeedRun:
         title = f"after {req} ({path.name})"
         samples = [i] if req.fraction is not None else []
         if req.kind == "forget" and is_training_free(method):
-            lane.masked[i] = list(lane.columns)
+            lane.masked[i] = (list(lane.columns), list(labels))
             lane.columns = [None if c in labels else c for c in lane.columns]
             ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
             return self.step(None, None, ev, None, t0, note=f"output masked: {', '.join(self.plan.names(labels))}")
@@ -679,8 +682,8 @@ class _SeedRun:
             target = self.plan.requests[req.target]
             t_labels = self.plan.labels[req.target]
             if req.target in lane.masked:  # an output mask is lifted
-                restore = lane.masked.pop(req.target)
-                lane.columns = [c if c is not None or restore[j] not in t_labels else restore[j]
+                before, masked = lane.masked.pop(req.target)
+                lane.columns = [before[j] if c is None and j < len(before) and before[j] in masked else c
                                 for j, c in enumerate(lane.columns)]
                 ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
                 return self.step(None, None, ev, None, t0, note="output mask lifted")

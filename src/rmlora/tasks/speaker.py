@@ -144,6 +144,8 @@ class SpeakerWorkload(ClassificationWorkload):
             rehearsal_per_class=100, forget_weight=1.0, seeds=1 if quick else 2,
             augment_copies=1 if quick else 2, max_train=80 if quick else 200,
             repair=TrainConfig(steps=60 if quick else 200, lr=5e-3, batch_size=64, eval_every=10),
+            # the attacker's relearning adapter learns at the adapter path's forget rate (not tuned)
+            audit=AuditConfig(relearn_lr=5e-3),
             sweep_levels=[0.0, 4.0, 8.0] if quick else [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0],
             sweep_draws=3 if quick else 20)
 
