@@ -96,7 +96,7 @@ def main() -> None:
         rows = [(f"ours ({run}, {len(summary['per_seed'])} seeds)", p, our[p]) for p in PROTOCOLS]
         rows += [(f"paper size ({model})", p, {k: proj.figures[p]["ratios"][k] for k in HEADLINE}) for p in PROTOCOLS]
         if proj_eq is not proj:
-            rows += [(f"paper size, equal steps", p, {k: proj_eq.figures[p]["ratios"][k] for k in HEADLINE})
+            rows += [("paper size, equal steps", p, {k: proj_eq.figures[p]["ratios"][k] for k in HEADLINE})
                      for p in PROTOCOLS]
         rows_all += [(f"{task}: {s}", p, r) for s, p, r in rows]
         table = ["| scale | protocol | " + " | ".join(HEADLINE.values()) + " |", "|---|---|---|---|---|"]

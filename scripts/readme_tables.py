@@ -1,28 +1,58 @@
-"""Write the face run's tables into README.md between its ``<!-- face-tables -->`` markers.
+"""Write the README's generated tables between their markers: the face run's tables
+(``<!-- face-tables -->``) and every demo's cost ratios under each protocol (``<!-- cost-tables -->``).
 
-    python scripts/readme_tables.py README.md docs/face-demo/summary.json
+    python scripts/readme_tables.py README.md docs/face-demo/summary.json [--docs docs]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
-import sys
+import statistics
 from pathlib import Path
 
+from rmlora.costs.protocols import HEADLINE, PROTOCOLS
+from rmlora.costs.report import PAPER, ratio_text
 from rmlora.scenario import ScenarioResult
 from rmlora.scenario.report import costs_table, metrics_table
 
+DEMOS = ("face-demo", "speaker-demo", "style-demo")
 
-def main(readme: str, summary: str) -> None:
-    r = ScenarioResult.from_dict(json.loads(Path(summary).read_text()))
-    block = f"<!-- face-tables:begin -->\n{metrics_table(r)}\n\n{costs_table(r)}\n<!-- face-tables:end -->"
-    text = Path(readme).read_text()
-    new, n = re.subn(r"<!-- face-tables:begin -->.*?<!-- face-tables:end -->", block, text, flags=re.S)
+
+def cost_tables(docs: Path) -> str:
+    """Each demo's headline ratios under every protocol (mean over its seeds)."""
+    rows = ["| run (seeds) | protocol | " + " | ".join(HEADLINE.values()) + " |", "|---|---|---|---|---|"]
+    for name in DEMOS:
+        seeds = json.loads((docs / name / "summary.json").read_text())["per_seed"]
+        for proto in PROTOCOLS:
+            vals = [ratio_text(statistics.fmean(s["costs"]["protocols"][proto]["ratios"][k] for s in seeds))
+                    for k in HEADLINE]
+            rows.append(f"| {name} ({len(seeds)}) | `{proto}` | " + " | ".join(vals) + " |")
+    rows.append("| paper (up to) | – | " + " | ".join(f"{PAPER[k]}x" for k in HEADLINE) + " |")
+    return "\n".join(rows)
+
+
+def fill(text: str, marker: str, body: str, readme: str) -> str:
+    new, n = re.subn(rf"<!-- {marker}:begin -->.*?<!-- {marker}:end -->",
+                     lambda _: f"<!-- {marker}:begin -->\n{body}\n<!-- {marker}:end -->", text, flags=re.S)
     if n != 1:
-        raise SystemExit(f"{readme}: expected one <!-- face-tables:begin/end --> block, found {n}")
-    Path(readme).write_text(new)
+        raise SystemExit(f"{readme}: expected one <!-- {marker}:begin/end --> block, found {n}")
+    return new
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("readme")
+    ap.add_argument("summary")
+    ap.add_argument("--docs", default="docs")
+    a = ap.parse_args()
+    r = ScenarioResult.from_dict(json.loads(Path(a.summary).read_text()))
+    text = Path(a.readme).read_text()
+    text = fill(text, "face-tables", f"{metrics_table(r)}\n\n{costs_table(r)}", a.readme)
+    text = fill(text, "cost-tables", cost_tables(Path(a.docs)), a.readme)
+    Path(a.readme).write_text(text)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main()

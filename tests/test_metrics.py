@@ -218,3 +218,96 @@ def test_accuracy_matrix_summary_single_task_and_bad_shape():
         accuracy_matrix_summary(np.zeros((2, 3)))
     with pytest.raises(RmloraError):
         accuracy_matrix_summary(np.zeros((0, 0)))
+
+
+# --------------------------------------------------------------------------- unlearning attacks
+def test_kept_view_statistic_is_the_logit_scaled_confidence_over_the_reported_classes():
+    from rmlora.metrics import kept_view_statistic
+
+    z = torch.tensor([[2.0, 0.0, 1.0, 9.0], [0.5, 3.0, 0.0, 9.0]])
+    y = torch.tensor([0, 3])  # class 3 is not reported (forgotten): the top reported class is used
+    s = kept_view_statistic(z, y, [0, 1, 2])
+    p0 = torch.softmax(z[0, :3].double(), 0)[0]
+    assert float(s[0]) == pytest.approx(float(torch.log(p0 / (1 - p0))))
+    p1 = torch.softmax(z[1, :3].double(), 0)[1]
+    assert float(s[1]) == pytest.approx(float(torch.log(p1 / (1 - p1))))
+    with pytest.raises(RmloraError, match="two reported classes"):
+        kept_view_statistic(z, y, [0])
+
+
+def test_likelihood_ratio_attack_separates_shifted_models_and_not_equal_ones():
+    from rmlora.metrics import likelihood_ratio, tpr_at_fpr, ulira
+
+    rng = np.random.default_rng(0)
+    n, k = 40, 10
+    mu = rng.normal(0, 2, n)  # per-example difficulty, shared by every model
+    retrained = [mu + rng.normal(0, 0.3, n) for _ in range(k)]
+    same = [mu + rng.normal(0, 0.3, n) for _ in range(k)]
+    shifted = [mu + 1.0 + rng.normal(0, 0.3, n) for _ in range(k)]
+    far = ulira(shifted, retrained, shadows=k - 1)
+    near = ulira(same, retrained, shadows=k - 1)
+    assert np.mean([r["auc"] for r in far]) > 0.95 and np.mean([r["tpr"] for r in far]) > 0.5
+    assert abs(np.mean([r["auc"] for r in near]) - 0.5) < 0.1
+    # per example, not pooled: a shift smaller than the spread between examples is still found
+    assert likelihood_ratio(shifted[0], np.stack(shifted[1:]), np.stack(retrained[1:])).mean() > 0
+    assert tpr_at_fpr(np.array([3.0, 2.0]), np.array([1.0, 2.5, 0.0])) == pytest.approx(0.5)  # FPR 0 resolvable only
+    with pytest.raises(RmloraError, match="asked for 10 shadow models.*leave 9"):
+        ulira(shifted, retrained, shadows=10)
+    with pytest.raises(RmloraError, match="one fixed forget set"):
+        ulira([x[:5] for x in shifted[:3]] + [shifted[3]], retrained[:4], shadows=2)
+
+
+def test_bootstrap_interval_of_the_mean_is_seeded_and_honest():
+    from rmlora.scenario.results import bootstrap_ci, stats
+
+    vals = [0.1, 0.4, 0.35, 0.2, 0.5, 0.3, 0.25, 0.45, 0.15, 0.3]
+    st = stats(vals)
+    assert st["std"] == pytest.approx(np.std(vals, ddof=1))
+    lo, hi = st["ci95"]
+    assert lo < st["mean"] < hi and hi - lo < 4 * st["std"]
+    assert stats(vals)["ci95"] == st["ci95"]  # the same data give the same interval
+    assert bootstrap_ci(np.array([0.7])) == [0.7, 0.7]
+    assert stats([float("nan"), 0.2, None, 0.4])["mean"] == pytest.approx(0.3)  # NaN (undefined) skipped
+
+
+def test_linear_probe_reads_what_the_features_hold():
+    from rmlora.metrics import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat(20)
+    f = torch.nn.functional.one_hot(y, 3).float() * 3 + torch.randn(60, 3, generator=g) * 0.3
+    assert linear_probe(f[:30], y[:30], f[30:], y[30:]) == 1.0
+    noise = torch.randn(60, 3, generator=g)
+    assert linear_probe(noise[:30], y[:30], noise[30:], y[30:]) < 0.7
+    with pytest.raises(RmloraError, match="two classes"):
+        linear_probe(f[:3], torch.zeros(3, dtype=torch.long), f, y)
+
+
+def test_relearning_counts_steps_and_leaves_the_model_as_it_was():
+    from rmlora.config import ChipConfig
+    from rmlora.hardware import deploy, make_chip
+    from rmlora.metrics import relearn_steps
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=g) * 3
+    y = torch.arange(3).repeat_interleave(30)
+    x = centres[y] + torch.randn(len(y), 8, generator=g) * 0.5
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    keep = y != 2  # class 2 never learned
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(m(x[keep]), y[keep])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    deploy(m, make_chip(ChipConfig(dac_bits=None, adc_bits=None, read_noise=False), 0, preset="ideal"))
+    before = m(x).detach().clone()
+    kw = dict(rank=2, alpha=4.0, lr=5e-2, batch_size=16, every=1, target=0.9, generator=g)
+    learned = relearn_steps(m, lambda mm: mm, (x[keep][:20], y[keep][:20]), (x, y), max_steps=50, **kw)
+    assert learned == 0  # already recognised
+    steps = relearn_steps(m, lambda mm: mm, (x[~keep], y[~keep]), (x[keep], y[keep]), max_steps=50, **kw)
+    assert 1 <= steps <= 50
+    assert relearn_steps(m, lambda mm: mm, (x[~keep], y[~keep]), (x[keep], y[keep]), max_steps=1,
+                         **{**kw, "lr": 1e-9}) == 2  # censored: the budget plus one check interval
+    assert torch.equal(m(x).detach(), before)  # the attacker's adapter is gone again

@@ -162,7 +162,10 @@ def test_defaults_follow_the_paper_scenario() -> None:
     task = SpeakerWorkload()
     for conf in task.configurations:
         d = task.settings(conf)
-        assert d.learn == [str(c) for c in LEARN] and d.forget == ["1"] and d.add == ["5"]
+        if conf.startswith("eval"):  # the unlearning evaluation: every speaker learned, one forgotten, none added
+            assert d.learn == ["all"] and d.forget == ["1"] and d.add == []
+        else:
+            assert d.learn == [str(c) for c in LEARN] and d.forget == ["1"] and d.add == ["5"]
         assert d.method == "relabel" and d.adapter.rank == 4 and d.adapter.alpha == 8.0
         assert d.augment_copies >= 0
     assert task.settings("quick").pretrain.steps < task.settings("default").pretrain.steps

@@ -185,7 +185,14 @@ def scenario_options(f):
         click.option("--learn", default=None, help="classes to learn first, by index or name, comma-separated"),
         click.option("--forget", default=None, help="learned classes to forget, comma-separated"),
         click.option("--add", "add_", default=None, help="new classes to learn afterwards, comma-separated"),
-        click.option("--method", default=None, help="unlearning method: ga, relabel or scrub (style: noise)"),
+        click.option("--method", default=None, help="unlearning method: ga, ft, neggrad, neggrad+, relabel, scrub, l1, "
+                                                    "salun or mask (style: noise)"),
+        click.option("--methods", default=None,
+                     help="unlearning methods compared side by side, each on both paths, comma-separated; field: "
+                          "every method of the unlearning evaluation (ft, neggrad, neggrad+, relabel, scrub, l1, "
+                          "salun, mask)"),
+        click.option("--cache", type=click.Path(), default=None,
+                     help="folder of pretrained models per seed: a later run with the same settings reuses them"),
         click.option("--preset", default="rram-180nm", show_default=True, help="device preset name or JSON file"),
         click.option("--profile", default="cmos-180nm", show_default=True,
                      help="technology profile name or JSON file"),
@@ -232,9 +239,11 @@ def scenario_config(ctx: click.Context, p: dict):
         raise RmloraError(f"--quick and --configuration {p['configuration']} exclude each other")
     if p["quick"] or p["configuration"]:
         top["configuration"] = "quick" if p["quick"] else p["configuration"]
-    for name in ("data_dir", "method", "seeds", "pretrained"):
+    for name in ("data_dir", "method", "seeds", "pretrained", "cache"):
         if p[name] is not None:
             top[name] = p[name]
+    if p["methods"] is not None:
+        top["methods"] = _idents(p["methods"])
     if p["download"]:
         top["download"] = True
     if p["hardware_aware"]:

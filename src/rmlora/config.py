@@ -285,20 +285,31 @@ def parse_duration(text: str) -> float:
 
 @dataclass
 class Request(ConfigBase):
-    """One step of a scenario: ``learn``/``forget``/``add`` CLASSES, ``repair``,
-    ``age`` DURATION (s), ``undo`` REQUEST (its index)."""
+    """One step of a scenario: ``learn``/``forget``/``add`` CLASSES, ``forget`` FRACTION (a random
+    sample of the training examples, e.g. ``forget:10%``), ``repair``, ``age`` DURATION (s),
+    ``undo`` REQUEST (its index). ``learn:all`` learns every class of the data set."""
 
     section: ClassVar[str] = "requests"
     kind: str = _help("learn, forget, add, repair, age or undo")
     classes: list[str] = _help("classes (names or indices) of learn, forget and add", default_factory=list)
     seconds: float | None = _help("age: retention time (s)", None)
     target: int | None = _help("undo: index of the request to undo (the learn request is 0)", None)
+    fraction: float | None = _help("forget: share of the kept classes' training examples forgotten, drawn at "
+                                   "random across classes (in (0, 1)); None: forget whole classes", None)
 
     def __post_init__(self) -> None:
         if self.kind not in REQUEST_KINDS:
             raise RmloraError(f"unknown request kind {self.kind!r}; known: {', '.join(REQUEST_KINDS)}")
         self.classes = [str(c).strip() for c in self.classes]
-        if self.kind in ("learn", "forget", "add"):
+        if self.fraction is not None:
+            if self.kind != "forget":
+                raise RmloraError(f"{self.kind} takes no fraction; only forget:10% forgets a random sample")
+            _finite("forget fraction", self.fraction)
+            if not 0 < self.fraction < 1:
+                raise RmloraError(f"a forget fraction must lie in (0, 1) (e.g. forget:10%), got {self.fraction:g}")
+            if self.classes:
+                raise RmloraError("forget takes classes or a fraction, not both")
+        elif self.kind in ("learn", "forget", "add"):
             if not self.classes or any(not c for c in self.classes):
                 raise RmloraError(f"{self.kind}: name at least one class (e.g. {self.kind}:s3)")
             if len(set(self.classes)) != len(self.classes):
@@ -324,6 +335,9 @@ class Request(ConfigBase):
         kind, arg = kind.strip().lower(), arg.strip()
         if kind not in REQUEST_KINDS:
             raise RmloraError(f"unknown request kind {kind!r} in {text!r}; known: {', '.join(REQUEST_KINDS)}")
+        share = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*%|([-+]?[0-9]*\.[0-9]+(?:e[-+]?\d+)?)", arg, re.I)
+        if kind == "forget" and share:  # forget:10% or forget:0.1 (a class is never named by a decimal)
+            return cls(kind, fraction=float(share.group(1)) / 100 if share.group(1) else float(share.group(2)))
         if kind in ("learn", "forget", "add"):
             return cls(kind, [c for c in arg.split("+")] if arg else [])
         if kind == "age":
@@ -337,6 +351,8 @@ class Request(ConfigBase):
         return cls(kind)
 
     def __str__(self) -> str:
+        if self.fraction is not None:
+            return f"forget:{100 * self.fraction:g}%"
         if self.kind in ("learn", "forget", "add"):
             return f"{self.kind}:{'+'.join(self.classes)}"
         if self.kind == "age":
@@ -377,6 +393,9 @@ class ScenarioConfig(ConfigBase):
     forget: list[str] | None = _help("classes of the default scenario's forget request", None)
     add: list[str] | None = _help("classes of the default scenario's add request", None)
     method: str | None = _help("unlearning method (rmlora.methods.METHODS); None: the workload's", None)
+    methods: list[str] | None = _help("unlearning methods compared side by side, each on the adapter path and the "
+                                      "full update (\"field\": every method of the evaluation, "
+                                      "rmlora.methods.FIELD_METHODS); None: only `method`", None)
     seed: int = _help("first seed; seeds seed, seed+1, ... are run", 0)
     seeds: int | None = _help("number of seeds; None: the workload's default", None)
     pretrained: str | None = _help("float weights (pretrained.safetensors of an earlier run) to start from", None)
@@ -384,6 +403,9 @@ class ScenarioConfig(ConfigBase):
                                  "weight noise drawn from the chip preset's programming and read noise "
                                  "(rmlora.methods.hwa)", False)
     threads: int = _help("torch CPU threads (capped to the free cores)", 1)
+    cache: str | None = _help("folder of pretrained float models, one per seed and setting: a run with the same "
+                              "workload settings, data and seed reads its model there instead of training it "
+                              "(bit-identical); None: no cache", None)
     progress: bool = _help("progress bars", True)
     chip: ChipConfig = _help("the chip", default_factory=ChipConfig)
     adapter: AdapterConfig | None = _help("adapter shape; None: the workload's default", None)
@@ -403,6 +425,12 @@ class ScenarioConfig(ConfigBase):
                 if not v or any(not c for c in v):
                     raise RmloraError(f"--{name} is empty: name at least one class")
                 setattr(self, name, v)
+        if self.methods is not None:
+            self.methods = [str(m).strip() for m in self.methods]
+            if not self.methods or any(not m for m in self.methods):
+                raise RmloraError("--methods is empty: name at least one method (or field)")
+            if len(set(self.methods)) != len(self.methods):
+                raise RmloraError("--methods names the same method twice")
         if self.requests is not None:
             if not self.requests:
                 raise RmloraError("requests is empty: give at least one request")

@@ -86,7 +86,7 @@ def breakdown_table(layers: dict[str, Any], phase: str, quantity: str = "energy_
     kinds = [k for k in KINDS if k != "leakage"]
     used = [k for k in kinds if any(d.get(k, 0) for p in layers.values() for d in p[phase][quantity].values())]
     unit = "J" if quantity == "energy_J" else "s"
-    rows = [f"| path | layer | " + " | ".join(k.replace("_", " ") for k in used) + f" | total ({unit}) |",
+    rows = ["| path | layer | " + " | ".join(k.replace("_", " ") for k in used) + f" | total ({unit}) |",
             "|---|---|" + "---|" * (len(used) + 1)]
     for path, p in layers.items():
         for layer, d in p[phase][quantity].items():

@@ -35,7 +35,10 @@ def plural(word: str, n: int = 2) -> str:
     """``word`` for ``n`` things: ``1 photo``, ``2 photos``, ``3 identities``."""
     if n == 1:
         return f"{n} {word}"
-    many = word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" else word + "s"
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        many = word[:-1] + "ies"
+    else:
+        many = word + ("es" if word.endswith(("s", "x", "z", "ch", "sh")) else "s")
     return f"{n} {many}"
 
 

@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from rmlora.adapters import (SramBuffer, adapter_bits, adapter_parameters, add_adapter, analog_targets,
@@ -22,7 +25,7 @@ from rmlora.config import AdapterConfig
 from rmlora.costs.ledger import Ledger
 from rmlora.costs.profile import TechProfile
 from rmlora.hardware.chip import Chip
-from rmlora.hardware.deploy import ProgrammingReport, program_onto, redeploy
+from rmlora.hardware.deploy import ProgrammingReport, program_onto, redeploy, report_from
 from rmlora.hardware.layers import AnalogLayer
 
 
@@ -44,6 +47,13 @@ def _charge(ledger: Ledger, rep: ProgrammingReport) -> None:
         ledger.add("programmed_cells", s.programmed, s.name)
 
 
+def adapter_targets(model: nn.Module, patterns: list[str] | None) -> list[str] | None:
+    """The analogue layers of ``model`` whose names match a glob of ``patterns`` (None: every one)."""
+    if patterns is None:
+        return None
+    return [t for t in analog_targets(model) if any(fnmatch.fnmatch(logical_name(t), pat) for pat in patterns)]
+
+
 class AdapterPath:
     """The design: LoRA adapters of shape ``adapter`` (glob ``target_modules`` over the analogue
     layers, default all) plus digital rows, held in ``sram``; the arrays are never written."""
@@ -57,10 +67,7 @@ class AdapterPath:
 
     def targets(self) -> list[str] | None:
         """Analogue layer names the adapter's glob patterns select (None: every one)."""
-        if self.adapter.target_modules is None:
-            return None
-        return [t for t in analog_targets(self.model)
-                if any(fnmatch.fnmatch(logical_name(t), pat) for pat in self.adapter.target_modules)]
+        return adapter_targets(self.model, self.adapter.target_modules)
 
     def begin(self, label: str) -> list[nn.Parameter]:
         """Add adapter ``label`` (refused when it does not fit the SRAM); its parameters."""
@@ -80,6 +87,13 @@ class AdapterPath:
     def undo(self, label: str) -> None:
         """Delete adapter ``label``: its contribution disappears exactly, its SRAM is freed."""
         delete_adapter(self.model, label, self.sram)
+
+    def merge_report(self) -> ProgrammingReport | None:
+        """What merging every active adapter into the arrays would cost (a maintenance window):
+        the analogue weights W + Σ s·BA write-verified onto a copy of the chip, which holds W;
+        afterwards no adapter is left to switch off (digital output rows stay digital).
+        None when no adapter is active."""
+        return merge_report(self.model, self.profile)
 
 
 class FullPath:
@@ -118,4 +132,43 @@ class FullPath:
         return led
 
 
-__all__ = ["AdapterPath", "FullPath", "head_in_features"]
+@dataclass
+class RefPath:
+    """A retrained reference: a model trained from scratch, on its own chip (never updated)."""
+
+    name: str
+    model: nn.Module
+    chip: Chip
+    reprogrammed_cells: int = 0
+
+
+def merge_report(model: nn.Module, profile: TechProfile) -> ProgrammingReport | None:
+    """Write-verify cost of folding ``model``'s active adapters into its analogue weights: the
+    adapted layers' W + Σ s·BA programmed onto a copy of the chip (the model and its chip are left
+    as they are); None without an active adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    from rmlora.device import mapping
+
+    jobs, chip = [], None
+    with torch.no_grad():
+        for layer in model.modules():
+            if not isinstance(layer, LoraLayer):
+                continue
+            names = [a for a in layer.active_adapters if a in layer.lora_A]
+            base = layer.get_base_layer()
+            if not names or not isinstance(base, AnalogLayer):
+                continue
+            w = base.weight.detach().clone()
+            for a in names:
+                w += layer.get_delta_weight(a).view_as(w)
+            if chip is None:
+                chip = copy.deepcopy(base.core.chip)
+            jobs.append((chip.handle(base.core.handle.name), mapping.to_conductance(w.flatten(1), base.core.scale,
+                                                                                    chip.device)))
+    if chip is None:
+        return None
+    return report_from(chip.program_many(jobs), chip, profile)
+
+
+__all__ = ["AdapterPath", "FullPath", "RefPath", "adapter_targets", "head_in_features", "merge_report"]

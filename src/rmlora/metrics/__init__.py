@@ -8,6 +8,7 @@ from rmlora.metrics.classification import (
     predict,
 )
 from rmlora.metrics.continual import accuracy_matrix_summary
+from rmlora.metrics.lira import attack_scores, kept_view_statistic, likelihood_ratio, tpr_at_fpr, ulira
 from rmlora.metrics.mia import (
     entropy,
     forget_mia_auc,
@@ -15,6 +16,7 @@ from rmlora.metrics.mia import (
     mia_efficacy,
     true_label_confidence,
 )
+from rmlora.metrics.whitebox import linear_probe, penultimate_features, relearn_steps
 
 __all__ = [
     "predict",
@@ -28,4 +30,12 @@ __all__ = [
     "mia_efficacy",
     "forget_mia_auc",
     "accuracy_matrix_summary",
+    "kept_view_statistic",
+    "likelihood_ratio",
+    "attack_scores",
+    "tpr_at_fpr",
+    "ulira",
+    "penultimate_features",
+    "linear_probe",
+    "relearn_steps",
 ]

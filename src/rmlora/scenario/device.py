@@ -41,7 +41,7 @@ from rmlora.adapters import load_adapter, save_adapter
 from rmlora.config import Request, ScenarioConfig
 from rmlora.errors import RmloraError
 from rmlora.hardware import analog_layers, deploy
-from rmlora.runinfo import (RunFolder, environment, file_sha256, inputs_record, recording_inputs, swap_in,
+from rmlora.runinfo import (environment, file_sha256, inputs_record, recording_inputs, swap_in,
                             temp_sibling, utc_now, write_json)
 from rmlora.scenario.runner import (Plan, _Lane, _SeedRun, ledger_append, load_weights, plan_scenario,
                                    request_tag)

@@ -13,11 +13,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rmlora.hardware.deploy import layer_table
-from rmlora.costs.ledger import KINDS
+from rmlora.costs.report import cost_section
 from rmlora.scenario.results import ScenarioResult, stats  # noqa: E402
 
-PATH_NAMES = {"lora": "adapter path (LoRA)", "full": "full update (baseline)", "retrain": "retrained (reference)"}
-COLOURS = {"lora": "#1f77b4", "full": "#d62728", "retrain": "#7f7f7f", "digital": "#9467bd"}
+PATH_NAMES = {"lora": "adapter path (LoRA)", "full": "full update (baseline)",
+              "retrain": "retrained (reference, trained on the chip)", "retrain-float": "retrained in float (deployed)",
+              "deployed": "deployed (before)"}
+COLOURS = {"lora": "#1f77b4", "full": "#d62728", "retrain": "#7f7f7f", "retrain-float": "#bcbd22",
+           "digital": "#9467bd"}
+
+
+def lane_label(name: str) -> str:
+    """A lane's name for people: ``lora`` → adapter path (LoRA), ``full:scrub`` → full update, scrub."""
+    if name in PATH_NAMES:
+        return PATH_NAMES[name]
+    kind, _, method = name.partition(":")
+    return f"{'adapter path' if kind == 'lora' else 'full update'}, {method}"
+
+
+def _colour(name: str) -> str:
+    return COLOURS.get(name.split(":")[0], "#333333")
 
 
 def _pct(v: Any) -> str:
@@ -26,11 +41,19 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.1f}%"
 
 
-def _pm(st: dict[str, Any], pct: bool = True) -> str:
-    """``mean ± std`` (std only with two seeds or more)."""
-    f = _pct if pct else (lambda v: "–" if v is None or math.isnan(v) else f"{v:.3f}")
+def _num(v: Any, fmt: str = ".3f") -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def _pm(st: dict[str, Any], pct: bool = True, ci: bool = False, fmt: str = ".3f") -> str:
+    """``mean ± std`` (std only with two seeds or more), with ``ci`` the 95% bootstrap interval."""
+    f = _pct if pct else (lambda v: _num(v, fmt))
     m, s = st["mean"], st["std"]
-    return f(m) if s is None or math.isnan(s) else f"{f(m)} ± {f(s)}"
+    out = f(m) if s is None or math.isnan(s) else f"{f(m)} ± {f(s)}"
+    lo, hi = (st.get("ci95") or [None, None])
+    if ci and s is not None and not math.isnan(s) and lo is not None:
+        out += f" [{f(lo)}, {f(hi)}]"
+    return out
 
 
 def _x(v: float) -> str:
@@ -46,13 +69,16 @@ def mean_of(r: ScenarioResult, path: str, metric: str, request: int = -1) -> flo
 
 # --------------------------------------------------------------------------- tables
 def metrics_table(r: ScenarioResult) -> str:
-    """The last request's metrics per path (mean ± std over seeds); the CLI and README show it."""
-    names = list(r.per_seed[0].requests[-1].paths["lora"].metrics)
-    shown = [m for m in names if m in r.metric_names or m == "mia_auc"]
-    rows = ["| path | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown),
-            "| deployed (before) | " + " | ".join(_pm(r.metric("lora", m, 0), m != "mia_auc") for m in shown) + " |"]
-    for p, label in PATH_NAMES.items():
-        rows.append(f"| {label} | " + " | ".join(_pm(r.metric(p, m), m != "mia_auc") for m in shown) + " |")
+    """The last request's metrics per lane (mean ± std over seeds); the CLI and README show it.
+    The membership attack appears as |AUC − 0.5| per seed (``mia_gap``), never as a signed mean."""
+    lanes = r.lanes()
+    names = list(r.per_seed[0].requests[-1].paths[lanes[0]].metrics)
+    shown = [m for m in names if m in r.metric_names or m == "mia_gap"]
+    head = [("\\|AUC − 0.5\\| (loss attack)" if m == "mia_gap" else m) for m in shown]
+    rows = ["| path | " + " | ".join(head) + " |", "|---|" + "---|" * len(shown),
+            "| deployed (before) | " + " | ".join(_pm(r.metric(lanes[0], m, 0), m != "mia_gap") for m in shown) + " |"]
+    for p in lanes:
+        rows.append(f"| {lane_label(p)} | " + " | ".join(_pm(r.metric(p, m), m != "mia_gap") for m in shown) + " |")
     return "\n".join(rows)
 
 
@@ -62,7 +88,7 @@ def requests_table(r: ScenarioResult) -> str:
     head = "| # | request | path | " + " | ".join(ms) + " | note |"
     rows = [head, "|---|---|---|" + "---|" * len(ms) + "---|"]
     for i, req in enumerate(r.per_seed[0].requests):
-        for p in ("lora", "full", "retrain"):
+        for p in r.lanes():
             note = req.paths[p].note if i else ""
             rows.append(f"| {i} | `{req.request}` | {p} | "
                         + " | ".join(_pct(r.metric(p, m, i)["mean"]) for m in ms) + f" | {note} |")
@@ -72,8 +98,9 @@ def requests_table(r: ScenarioResult) -> str:
 def costs_table(r: ScenarioResult) -> str:
     """The three figures of both paths, their ratios and the paper's (mean over seeds)."""
     rat = {k: r.ratio(k)["mean"] for k in r.per_seed[0].ratios}
-    lo = {k: r.cost("lora", k)["mean"] for k in r.per_seed[0].paths["lora"].costs}
-    fu = {k: r.cost("full", k)["mean"] for k in r.per_seed[0].paths["full"].costs}
+    lp, fp = r.pair()
+    lo = {k: r.cost(lp, k)["mean"] for k in r.per_seed[0].paths[lp].costs}
+    fu = {k: r.cost(fp, k)["mean"] for k in r.per_seed[0].paths[fp].costs}
     dig = stats([s.digital_inference_energy_J for s in r.per_seed])["mean"]
     paper = r.paper_ratios
     return "\n".join([
@@ -93,29 +120,18 @@ def request_costs_table(r: ScenarioResult) -> str:
     """Training and deployment energy of each request on both paths (first seed)."""
     rows = ["| # | request | LoRA training | LoRA deployment | full training | full deployment |",
             "|---|---|---|---|---|---|"]
+    lp, fp = r.pair()
     for i, req in enumerate(r.per_seed[0].requests[1:], start=1):
-        lo, fu = req.paths["lora"], req.paths["full"]
+        lo, fu = req.paths[lp], req.paths[fp]
         rows.append(f"| {i} | `{req.request}` | {lo.training_J:.3e} J | {lo.deployment_J:.3e} J | "
                     f"{fu.training_J:.3e} J | {fu.deployment_J:.3e} J |")
-    return "\n".join(rows)
-
-
-def breakdown_table(r: ScenarioResult) -> str:
-    """Where each path's training energy goes (first seed), in % of its total."""
-    cats = KINDS
-    rows = ["| training energy | " + " | ".join(c.replace("_", " ") for c in cats) + " |",
-            "|---|" + "---|" * len(cats)]
-    for p in ("lora", "full"):
-        e = r.per_seed[0].paths[p].breakdown["training_J"]
-        tot = e["total"] or float("nan")
-        rows.append(f"| {PATH_NAMES[p]} | " + " | ".join(f"{100 * e.get(c, 0.0) / tot:.1f}%" for c in cats) + " |")
     return "\n".join(rows)
 
 
 def continual_section(r: ScenarioResult) -> str:
     """The accuracy matrix R per path (first seed) and its summaries (mean over seeds)."""
     out = []
-    for p in ("lora", "full"):
+    for p in r.pair():
         c0 = r.per_seed[0].paths[p].continual
         if not c0:
             continue
@@ -126,7 +142,7 @@ def continual_section(r: ScenarioResult) -> str:
         rows = [head, "|---|" + "---|" * len(c0["tasks"])]
         for t, row in enumerate(c0["R"]):
             rows.append(f"| `{c0['rows_after'][t]}` | " + " | ".join(_pct(v) for v in row) + " |")
-        out.append(f"**{PATH_NAMES[p]}** (R, first seed; {c0['metric']}):\n\n" + "\n".join(rows) +
+        out.append(f"**{lane_label(p)}** (R, first seed; {c0['metric']}):\n\n" + "\n".join(rows) +
                    f"\n\naverage accuracy {_pm(agg['average_accuracy'])}, backward transfer "
                    f"{_pm(agg['backward_transfer'])}, forgetting {_pm(agg['forgetting'])}; the forgotten classes' "
                    f"highest score after any request: {_pm(fm)}.\n")
@@ -170,11 +186,12 @@ def plot_requests(r: ScenarioResult, path: Path) -> None:
     ms = r.metric_names
     labels = [q.request for q in r.per_seed[0].requests]
     fig, axes = plt.subplots(1, len(ms), figsize=(3.6 * len(ms) + 1, 3.6), sharey=True)
+    shown = [*r.pair(), "retrain"]
     for ax, m in zip(axes, ms):
-        for k, p in enumerate(("lora", "full", "retrain")):  # nudged sideways so equal scores stay visible
+        for k, p in enumerate(shown):  # nudged sideways so equal scores stay visible
             vals = [100 * r.metric(p, m, i)["mean"] for i in range(len(labels))]
-            ax.plot([i + 0.06 * (k - 1) for i in range(len(labels))], vals, "o-", color=COLOURS[p],
-                    label=PATH_NAMES[p], alpha=0.85)
+            ax.plot([i + 0.06 * (k - 1) for i in range(len(labels))], vals, "o-", color=_colour(p),
+                    label=lane_label(p), alpha=0.85)
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
         ax.set_title(m, fontsize=10)
         ax.set_ylim(-5, 105)
@@ -261,8 +278,9 @@ def plot_costs(r: ScenarioResult, path: Path) -> None:
             ("deployment_overhead_J", "deployment overhead (J)", "deployment_overhead"),
             ("inference_energy_J", "inference energy (J / sample)", "inference_energy_vs_digital")]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    lp, fp = r.pair()
     for ax, (k, title, ratio_key) in zip(axes, figs):
-        vals = [r.cost("lora", k)["mean"], r.cost("full", k)["mean"]]
+        vals = [r.cost(lp, k)["mean"], r.cost(fp, k)["mean"]]
         labels, cols = ["LoRA", "full update"], [COLOURS["lora"], COLOURS["full"]]
         if k == "inference_energy_J":
             vals.append(stats([s.digital_inference_energy_J for s in r.per_seed])["mean"])
@@ -284,6 +302,122 @@ def plot_costs(r: ScenarioResult, path: Path) -> None:
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- the unlearning evaluation
+#: (key of ScenarioResult.evaluation()'s rows, column title, format: "pct" or a format spec)
+SCORE_COLUMNS = (("UA", "UA", "pct"), ("RA", "RA", "pct"), ("TA", "TA", "pct"),
+                 ("mia_gap", "\\|AUC − 0.5\\| (loss)", ".3f"), ("mia_efficacy", "MIA-efficacy", "pct"),
+                 ("lira_auc", "U-LiRA AUC", ".3f"), ("lira_tpr", "U-LiRA TPR", "pct"),
+                 ("relearn_steps", "relearn steps", ".1f"), ("probe_acc", "linear probe", "pct"))
+COST_COLUMNS = (("avg_gap", "Avg. Gap", "pct"), ("seconds", "run time (s)", ".1f"),
+                ("training_cost_J", "training (J)", ".2e"), ("deployment_overhead_J", "deployment (J)", ".2e"),
+                ("inference_energy_J", "inference (J/sample)", ".2e"))
+
+
+def _cell(st: dict[str, Any] | None, fmt: str) -> str:
+    if not st:
+        return "–"
+    return _pm(st, pct=fmt == "pct", ci=True, fmt="" if fmt == "pct" else fmt)
+
+
+def _method_path(name: str, row: dict[str, Any]) -> tuple[str, str]:
+    if row["kind"] in ("lora", "full"):
+        return row["method"] or "–", lane_label(row["kind"])
+    return {"deployed": ("none (the deployed model)", "–"), "retrain": ("retrain (reference)", "on the chip"),
+            "retrain-float": ("retrain", "float, deployed")}.get(name, (name, "–"))
+
+
+def evaluation_tables(r: ScenarioResult) -> str:
+    """The field's table per method and path: the scores and attacks, then the Avg. Gap, run time
+    and the three cost figures (mean ± std [95% bootstrap interval] over seeds)."""
+    ev = r.evaluation()
+    if not ev:
+        return ""
+    out = []
+    for cols in (SCORE_COLUMNS, COST_COLUMNS):
+        rows = ["| method | path | " + " | ".join(t for _, t, _ in cols) + " |",
+                "|---|---|" + "---|" * len(cols)]
+        for name, row in ev["lanes"].items():
+            if cols is COST_COLUMNS and name == "deployed":
+                continue
+            m, p = _method_path(name, row)
+            rows.append(f"| {m} | {p} | " + " | ".join(_cell(row.get(k), f) for k, _, f in cols) + " |")
+        out.append("\n".join(rows))
+    return "\n\n".join(out)
+
+
+def evaluation_section(r: ScenarioResult) -> str:
+    """Markdown: the unlearning evaluation (what each column means, the attack's setting, the tables)."""
+    ev = r.evaluation()
+    if not ev:
+        return ""
+    a = ev["attack"]
+    attack = (f"U-LiRA: {a['shadows']} shadow models of each kind per seed (the other seeds' models of the same "
+              f"method, and their hardware-aware retrained models), {a['negatives_per_seed']} forgotten examples "
+              f"per seed; TPR at FPR ≤ {a['fpr']:.0%} (with fewer than {round(1 / a['fpr'])} negatives per seed "
+              "that is the TPR at FPR 0)" if a["available"] else f"U-LiRA not computed: {a['why_not']}")
+    n = len(r.per_seed)
+    return f"""## Unlearning evaluation
+
+Each row after the last request, mean ± sample std [95% bootstrap interval of the mean] over {n} seed(s).
+UA = 1 − accuracy on the forgotten training examples, RA on the kept training examples, TA on the kept classes'
+test examples. \\|AUC − 0.5\\| (loss): the loss-threshold attack, forgotten training examples against held-out
+examples of the same classes, its distance from 0.5 taken per seed. MIA-efficacy (SalUn's SVC attack) only for
+forgotten samples: for a forgotten class every path that suppresses it scores ~100%. {attack}: 0.5 and an
+FPR-sized TPR mean the model cannot be told from a retrained one. Relearn steps: a fresh LoRA adapter's steps
+until the forgotten examples are recognised again (white-box, an output mask lifted; above the budget means not
+within it). Linear probe: accuracy on the forgotten examples of a logistic regression on the penultimate
+features, fitted on validation examples of every learned class. Avg. Gap: mean |UA, RA, TA (and MIA-efficacy
+where defined) − the retrained model's| per seed, then averaged. Run time: wall seconds of the lane's requests on
+this machine. Costs: the three figures (training, deployment, inference per sample); the references' float
+training is priced as digital training, three passes per example seen.
+
+{evaluation_tables(r)}
+"""
+
+
+# --------------------------------------------------------------------------- the threat model
+def threat_section(r: ScenarioResult) -> str:
+    """Markdown: what an attacker learns from the chip after these requests, what the ledger proves,
+    what a deployment must enforce (docs/threat-model.md in full), with this run's numbers."""
+    last = r.per_seed[-1].requests[-1]
+    if not last.forgotten and not any(q.kind == "forget" for q in r.per_seed[0].requests):
+        return ""
+    lines = ["## Threat model\n",
+             "Adapter-based forgetting is **not** exact unlearning: the arrays still hold the pretrained weights, "
+             "trained on the forgotten data. What that means here (the full argument: docs/threat-model.md):\n"]
+    ev = r.evaluation()
+    rows = ev.get("lanes", {}) if ev else {}
+    off = [(n, row["adapters_off_forget_acc"]) for n, row in rows.items()
+           if row.get("adapters_off_forget_acc") and not math.isnan(row["adapters_off_forget_acc"]["mean"])]
+    if off:
+        lines.append("* **Switching adapters off** (an attacker with access to the digital unit or the SRAM, or a "
+                     "fault): accuracy on the forgotten training examples with every forget adapter (or output mask) "
+                     "removed — " + "; ".join(f"{lane_label(n)} {_pm(st)}" for n, st in off) + ". Reading the "
+                     "conductances gives the pretrained model itself.")
+    if rows and ev["attack"]["available"]:
+        best = sorted(((row["lira_auc"]["mean"], n) for n, row in rows.items() if "lira_auc" in row))
+        lines.append("* **Querying the chip** (black box, the kept classes' scores): the likelihood-ratio attack "
+                     "tells each path from the retrained model with AUC " + ", ".join(
+                         f"{lane_label(n)} {v:.3f}" for v, n in best) + " (0.5: indistinguishable).")
+    merges = [(n, row["merge_J"], row["merge_s"], row["deployment_overhead_J"]) for n, row in rows.items()
+              if row.get("merge_J") and not math.isnan(row["merge_J"]["mean"])]
+    if merges:
+        lines.append("* **Merging the adapters into the arrays** at a maintenance window (afterwards nothing can be "
+                     "switched off; the update is exactly as inexact as before): write-verify of the moved cells per "
+                     "chip, mean over seeds, against writing the adapter into SRAM — "
+                     + "; ".join(f"{lane_label(n)} {_num(j['mean'], '.2e')} J and {_num(t['mean'], '.2e')} s against "
+                                 f"{_num(d['mean'], '.2e')} J" for n, j, t, d in merges) + ".")
+    lines.append("* **The deletion ledger** (`deletion_ledger.jsonl`, hash-chained) proves which forget and undo "
+                 "requests were recorded, in which order, with which adapter and the scores measured then; an edited "
+                 "or removed entry breaks the chain. It does not prove that the adapter is active on the chip now, "
+                 "that the data left the arrays, or that any copy of the training data was deleted.")
+    lines.append("* **A deployment must enforce** adapters that cannot be disabled outside an audited maintenance "
+                 "procedure (the forget adapter is part of the model, not an option), the ledger's head hash "
+                 "stored off the chip, and a merge into the arrays (or a retrain) when the forgetting must survive "
+                 "an attacker with access to the chip.\n")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- the report
 def write_report(out: Path, r: ScenarioResult, workload: Any) -> None:
     """Write ``report.md`` and its PNGs into ``out``."""
@@ -294,27 +428,33 @@ def write_report(out: Path, r: ScenarioResult, workload: Any) -> None:
     dep = s0.deployment
     chip = r.chip
     calib = dep.get("calibration_examples", "?")
-    gaps = {p: stats([s.avg_gap.get(p, float("nan")) for s in r.per_seed]) for p in ("lora", "full")}
-    full_cells = stats([s.paths["full"].reprogrammed_cells for s in r.per_seed])["mean"]
+    lp, fp = r.pair()
+    gaps = {p: stats([s.avg_gap.get(p, float("nan")) for s in r.per_seed]) for p in (lp, fp)}
+    full_cells = stats([s.paths[fp].reprogrammed_cells for s in r.per_seed])["mean"]
     seeds = f"seeds {r.seeds} (mean ± sample std over seeds)" if len(r.seeds) > 1 else f"seed {r.seeds[0]}"
+    methods = (f"methods {', '.join(f'`{m}`' for m in r.methods)} (each on both paths)" if len(r.methods) > 1
+               else f"method `{r.method}`")
     text = f"""# rmlora {r.workload} scenario
 
 **Workload**: {workload.description}. Data: {r.dataset['source']} (`{r.dataset['kind']}`). Configuration
-`{r.configuration}`, method `{r.method}`, chip `{r.chip['preset']}` with profile `{r.chip['profile']}`; {seeds}.
+`{r.configuration}`, {methods}, chip `{r.chip['preset']}` with profile `{r.chip['profile']}`; {seeds}.
 
 **Requests**: {', '.join(f'`{i}: {q}`' for i, q in enumerate(r.requests))}. Every forget, add and repair is its
 own adapter on the adapter path; `undo` deletes it. The full update trains the analogue weights themselves
-(an undo has to train its way back); the retrained reference is trained from scratch on the kept classes
-whenever they change and deployed on a fresh chip.
+(an undo has to train its way back). The retrained reference is trained from scratch on the kept data whenever
+it changes (float), deployed on a fresh chip and then trained on the chip as the full update trains (its forget
+budget, fine-tuning on the kept data); "retrained in float" is that model before the on-chip training.
 
 ## After the last request
 
 {metrics_table(r)}
 
 Average gap to the retrained model after the last request (mean |metric − retrain's| over
-{', '.join(m for m in r.metric_names if 'new' not in m)}, computed per seed): LoRA {_pm(gaps['lora'])},
-full update {_pm(gaps['full'])}.
+{', '.join(m for m in r.metric_names if 'new' not in m)} and MIA-efficacy where defined, computed per seed, then
+averaged): {lane_label(lp)} {_pm(gaps[lp])}, {lane_label(fp)} {_pm(gaps[fp])}.
 
+{evaluation_section(r)}
+{threat_section(r)}
 ## After every request
 
 {requests_table(r)}
@@ -342,9 +482,10 @@ profile `{r.chip['profile']}` (sources in its JSON file); nothing is tuned towar
 
 {request_costs_table(r)}
 
-{breakdown_table(r)}
-
 ![costs](costs.png)
+
+{cost_section([s.costs for s in r.per_seed if s.costs], out, r.chip['profile'],
+              f"{r.workload} on {r.chip['preset']}") if s0.costs else ""}
 
 {workload.report_section(r, out)}{retention_section(r)}## Deployment of the pretrained model
 

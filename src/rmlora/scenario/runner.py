@@ -1,6 +1,6 @@
 """The one scenario runner: learn → deploy → a sequence of requests → report, on every workload.
 
-Three paths live through the same requests:
+The paths ("lanes") living through the same requests:
 
 * ``lora`` — the design: the arrays stay as programmed, every forget, add or
   repair is its own LoRA adapter (plus digital rows for new classes) in SRAM;
@@ -8,8 +8,18 @@ Three paths live through the same requests:
 * ``full`` — the baseline: the analogue weights themselves are fine-tuned and
   write-verified; an ``undo`` has to train its way back (relearn an
   un-forgotten class, erase an un-added one);
-* ``retrain`` — the reference: a model trained from scratch on the kept
-  classes, deployed on a fresh chip, whenever the kept classes change.
+* ``retrain`` — the reference, whenever the kept classes change: a model trained
+  from scratch on the kept data (float), deployed on a fresh chip, then trained on
+  the chip as the full update trains (its forget budget, fine-tuning on the kept
+  data) — hardware-aware, so that its gap to the update paths is not a
+  training-mode effect; ``retrain-float`` is the same model before the on-chip
+  training.
+
+With several unlearning methods (``ScenarioConfig.methods``) every method gets
+its own ``lora:<method>`` and ``full:<method>`` lane. After the last request the
+runner measures what an attacker could (the workload's ``audit``: attack
+statistics, linear probe, relearning time), the forgotten data with the forget
+adapters switched off, and the cost of merging the adapters into the arrays.
 
 :func:`plan_scenario` checks everything (workload, classes, requests, data,
 preset, profile, checkpoint, SRAM) before anything is written;
@@ -20,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,21 +43,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rmlora import records
-from rmlora.adapters import save_adapter
+from rmlora.adapters import active_adapters, save_adapter, set_active
 from rmlora.config import AdapterConfig, Request, ScenarioConfig, TrainConfig
 from rmlora.costs import Ledger, cost_figures, load_profile, ratios
+from rmlora.costs.protocols import PathLedgers
+from rmlora.costs.report import cost_record
 from rmlora.costs.profile import TechProfile
 from rmlora.errors import RmloraError
 from rmlora.hardware import analog_layers, deploy, make_chip
 from rmlora.hardware.deploy import layer_inference
 from rmlora.methods.hwa import noise_injection
 from rmlora.scenario.retention import retention
-from rmlora.methods import fit
-from rmlora.methods.paths import AdapterPath, FullPath
+from rmlora.methods import fit, is_training_free, resolve_methods
+from rmlora.methods.paths import AdapterPath, FullPath, RefPath, adapter_targets
 from rmlora.metrics import accuracy_matrix_summary, avg_gap
 from rmlora.data.base import plural
 from rmlora.runinfo import (RunFolder, Streams, environment, inputs_record, note_input, recording_inputs,
-                             utc_now, write_json)
+                             utc_now, versions, write_json)
 from rmlora.scenario.results import PathResult, PathStep, RequestResult, ScenarioResult, SeedResult
 from rmlora.scenario.workload import ClassState, Workload, WorkloadSettings, get_workload
 
@@ -69,9 +83,22 @@ class Plan:
     seeds: list[int]
     chip: Any  # the ChipConfig used (on the workload's torch device)
     sram_bits: list[int] = field(default_factory=list)  # SRAM in use after each request (adapter path)
+    methods: list[str] = field(default_factory=list)  # the unlearning methods compared (default: [method])
+
+    def lanes(self) -> list[str]:
+        """The update lanes: ``lora``/``full`` for one method, ``lora:<m>``/``full:<m>`` for several."""
+        return [lane_name(k, m, self.methods) for m in self.methods for k in ("lora", "full")]
 
     def names(self, labels: list[int]) -> list[str]:
         return [self.ds.names[c] for c in labels]
+
+
+REFERENCES = ("retrain", "retrain-float")
+
+
+def lane_name(kind: str, method: str, methods: list[str]) -> str:
+    """A lane's key: the path kind alone when one method runs, else ``<kind>:<method>``."""
+    return kind if len(methods) <= 1 else f"{kind}:{method}"
 
 
 def apply_request(state: ClassState, req: Request, labels: list[int], requests: list[Request],
@@ -84,7 +111,9 @@ def apply_request(state: ClassState, req: Request, labels: list[int], requests: 
         return ClassState(list(labels), list(labels), [], [])
     if index == 0:
         raise RmloraError(f"the first request must be learn (got {req})")
-    if req.kind == "forget":
+    if req.kind == "forget" and req.fraction is not None:
+        s.samples = s.samples + [index]
+    elif req.kind == "forget":
         bad = [c for c, lab in zip(req.classes, labels) if lab not in s.kept]
         if bad:
             raise RmloraError(f"request {index} ({req}): {', '.join(bad)} is not a learned {unit}; forget must "
@@ -117,7 +146,9 @@ def apply_request(state: ClassState, req: Request, labels: list[int], requests: 
             raise RmloraError(f"request {index} ({req}): request {k} ({target}) cannot be undone; only forget, "
                               "add and repair requests can")
         lab = all_labels[k]
-        if target.kind == "forget":
+        if target.kind == "forget" and target.fraction is not None:
+            s.samples = [j for j in s.samples if j != k]
+        elif target.kind == "forget":
             s.forgotten = [c for c in s.forgotten if c not in lab]
             s.kept += lab
         elif target.kind == "add":
@@ -133,12 +164,15 @@ def apply_request(state: ClassState, req: Request, labels: list[int], requests: 
 def request_tag(i: int, req: Request, names: list[str]) -> str:
     """The name of request ``i``'s adapter and files: ``1-forget-s3`` (dots, which torch module
     names cannot hold, become underscores)."""
-    return (f"{i}-{req.kind}" + (f"-{'-'.join(names)}" if names else "")).replace(".", "_")
+    extra = names or ([f"{100 * req.fraction:g}pct"] if req.fraction is not None else [])
+    return (f"{i}-{req.kind}" + (f"-{'-'.join(extra)}" if extra else "")).replace(".", "_")
 
 
 def _resolve(ds: Any, items: list[str], where: str) -> list[int]:
     """Labels of ``items``; a data set with ``expand`` lets one item name several classes (the
-    style workload's ``style:NAME``)."""
+    style workload's ``style:NAME``); ``all`` names every class (``learn:all``)."""
+    if [str(i).strip().lower() for i in items] == ["all"] and "all" not in ds.names:
+        return list(range(len(ds.names)))
     out = []
     for it in items:
         try:
@@ -197,6 +231,13 @@ def plan_scenario(cfg: ScenarioConfig, *, all_classes: bool = False) -> Plan:
     known = w.methods
     if method not in known:
         raise RmloraError(f"unknown method {method!r} for the {w.name} workload; known: {', '.join(known)}")
+    try:
+        methods = resolve_methods(cfg.methods, known) if cfg.methods else [method]
+    except RmloraError as exc:
+        raise RmloraError(f"{exc} (the {w.name} workload)") from None
+    share = next((r for r in cfg.requests or [] if r.fraction is not None), None)
+    if share is not None and not getattr(w, "sample_forgetting", False):
+        raise RmloraError(f"{share}: the {w.name} workload forgets {plural(w.unit)[2:]}, not random samples")
     profile = load_profile(cfg.chip.profile)
     chip_cfg = cfg.chip.replace(device=st.device) if hasattr(st, "device") else cfg.chip
     make_chip(chip_cfg, 0)  # validates the preset and the backend before anything is written
@@ -233,6 +274,12 @@ def plan_scenario(cfg: ScenarioConfig, *, all_classes: bool = False) -> Plan:
         if r.kind == "undo":
             undone.add(r.target)
         states.append(state)
+    samples = [i for i, r in enumerate(requests) if r.fraction is not None]
+    if samples and cfg.methods and "field" in cfg.methods and "mask" not in cfg.methods:
+        methods = [m for m in methods if not is_training_free(m)]  # masking is defined for classes only
+    if samples and any(is_training_free(m) for m in methods):
+        raise RmloraError(f"request {samples[0]} ({requests[samples[0]]}): output masking removes classes; a "
+                          "random-sample forget request has none to mask (leave mask out of --methods)")
     order = []
     for lab in labels + ([list(range(len(ds.names)))] if all_classes else []):
         order += [c for c in lab if c not in order]
@@ -240,12 +287,45 @@ def plan_scenario(cfg: ScenarioConfig, *, all_classes: bool = False) -> Plan:
     if seeds[-1] >= 2 ** 63:
         raise RmloraError(f"seeds {seeds[0]}..{seeds[-1]} pass 2**63-1; choose a smaller --seed")
     plan = Plan(cfg, w, configuration, st, adapter, method, profile, ds, requests, labels, states, order, seeds,
-                chip_cfg)
-    w.prepare(ds, order, st, cfg.seed, torch.Generator())  # refuses classes with too few examples now
+                chip_cfg, methods=methods)
+    data = w.prepare(ds, order, st, cfg.seed, torch.Generator())  # refuses classes with too few examples now
+    fixed = getattr(st, "split_seed", None) is not None
+    for seed in (plan.seeds[:1] if fixed or not samples else plan.seeds):  # every split's random forget sets
+        draw_samples(plan, data if seed == cfg.seed else w.prepare(ds, order, st, seed, torch.Generator()))
+    check_shadows(plan)
     plan.sram_bits = plan_sram(plan)
     if cfg.pretrained:
         load_weights(w.build_model(len(w.initial_columns(states[0], order)), st), cfg.pretrained)
     return plan
+
+
+def draw_samples(plan: Plan, data: Any) -> None:
+    """Draw every random-sample forget set of ``plan`` on one seed's ``data`` (one clear error for
+    a draw that leaves a class with no training example)."""
+    for i, r in enumerate(plan.requests):
+        if r.fraction is not None:
+            before = plan.states[i - 1]
+            try:
+                data.draw_samples(i, r.fraction, before.kept, before.samples, plan.workload.unit)
+            except RmloraError as exc:
+                raise RmloraError(f"request {i} ({r}): {exc}") from None
+
+
+def check_shadows(plan: Plan) -> None:
+    """Refuse a likelihood-ratio attack asked for more shadow models than the run provides
+    (they are the other seeds' models: a fixed split and seeds − 1 of them at most)."""
+    audit = getattr(plan.settings, "audit", None)
+    asked = getattr(audit, "shadows", None)
+    if asked is None:
+        return
+    n = len(plan.seeds)
+    if getattr(plan.settings, "split_seed", None) is None:
+        raise RmloraError(f"the likelihood-ratio attack was asked for {asked} shadow models, but every seed splits "
+                          "the data anew; set settings.split_seed so that the other seeds' models can be shadows")
+    if not 2 <= asked <= n - 1:
+        raise RmloraError(f"the likelihood-ratio attack was asked for {asked} shadow models of each kind, but "
+                          f"{n} seed(s) leave {n - 1} other seed(s) to take them from; ask for 2..{max(2, n - 1)} "
+                          f"or run at least {max(3, asked + 1)} seeds")
 
 
 def plan_sram(plan: Plan) -> list[int]:
@@ -331,6 +411,19 @@ class _Lane:
     train: Ledger
     deploy: Ledger
     undo: dict[int, tuple[str | None, Any]] = field(default_factory=dict)  # request -> (adapter, extension)
+    method: str | None = None  # the unlearning method (None: the plan's); references: None
+    masked: dict[int, tuple[list, list]] = field(default_factory=dict)  # request -> (columns before, masked labels)
+    seconds: float = 0.0  # wall time of its requests (s)
+    float_examples: int = 0  # references: examples seen by their float training (the estimated digital cost)
+
+    def unmasked(self) -> list:
+        """The columns with every output mask lifted (what an attacker who flips the switch sees)."""
+        cols = list(self.columns)
+        for before, labels in self.masked.values():
+            for j, c in enumerate(before[:len(cols)]):
+                if cols[j] is None and c in labels:
+                    cols[j] = c
+        return cols
 
 
 class _SeedRun:
@@ -340,6 +433,9 @@ class _SeedRun:
         self.streams = Streams(seed)
         self.progress = plan.config.progress
         self.timing: dict[str, float] = {}
+        self.refs: dict = {}
+        self.ref_float: dict = {}
+        self.ref_key = None
 
     # -- helpers ------------------------------------------------------------------
     def build(self, n_columns: int, stream: str) -> nn.Module:
@@ -347,24 +443,63 @@ class _SeedRun:
             return self.w.build_model(n_columns, self.st)
 
     def pretrain(self, model: nn.Module, classes: list[int], columns: list, stream: str, desc: str,
-                 hardware_aware: bool | None = None) -> dict:
+                 hardware_aware: bool | None = None, samples: list[int] = ()) -> dict:
         """Float training from scratch (the workload's), with the preset's weight noise when the
-        scenario is hardware-aware (``hardware_aware`` overrides the scenario's choice)."""
+        scenario is hardware-aware (``hardware_aware`` overrides the scenario's choice), without
+        the random samples forgotten by the requests ``samples``."""
         hwa = self.plan.config.hardware_aware if hardware_aware is None else hardware_aware
+        extra = {"samples": list(samples)} if samples else {}
         with (noise_injection(model, self.plan.chip.preset, self.streams.generator(f"hwa:{stream}")) if hwa
               else contextlib.nullcontext()):
             pre = self.w.pretrain(model, self.data, classes, columns, self.st, self.streams.seed(stream),
-                                  self.progress, desc + (" with hardware-aware noise" if hwa else ""))
+                                  self.progress, desc + (" with hardware-aware noise" if hwa else ""), **extra)
         return {**pre, "hardware_aware": hwa}
+
+    #: settings that act only after pretraining: a pretrained model cached under other values is the same
+    CACHE_IGNORES = ("forget", "add", "method", "forget_lora", "forget_full", "learn_lora", "learn_full", "rows_lr",
+                     "rehearsal_per_class", "forget_weight", "seeds", "retention_chips", "ga_cap", "unlearn",
+                     "method_lr", "audit", "repair", "sweep_levels", "sweep_draws")
+
+    def cached_pretrain(self, model: nn.Module, classes: list[int], columns: list) -> dict:
+        """:meth:`pretrain` through the scenario's cache folder (``ScenarioConfig.cache``): the key
+        covers the workload, data, classes, seed, every setting that acts on pretraining, the
+        hardware-aware flag and the package versions."""
+        plan = self.plan
+        if not plan.config.cache:
+            return self.pretrain(model, classes, columns, "train:pretrain", "pretrain (float)")
+        settings = {k: v for k, v in self.st.to_dict().items() if k not in self.CACHE_IGNORES}
+        body = {"workload": self.w.name, "data": [plan.ds.kind, plan.ds.source, plan.ds.names], "classes": classes,
+                "columns": columns, "seed": self.seed, "settings": settings, "hardware_aware":
+                plan.config.hardware_aware, "preset": plan.chip.preset if plan.config.hardware_aware else None,
+                "versions": {k: v for k, v in versions().items() if k in ("rmlora", "torch", "numpy")}}
+        key = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        path = Path(plan.config.cache) / f"pretrained-{self.w.name}-{key}.safetensors"
+        if path.exists():
+            load_weights(model, path)
+            from safetensors import safe_open
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get("rmlora_pretrain", "{}"))
+            return {**meta, "cache": str(path), "cached": True}
+        pre = self.pretrain(model, classes, columns, "train:pretrain", "pretrain (float)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"rmlora_pretrain": json.dumps({k: v for k, v in pre.items()
+                                                           if isinstance(v, (int, float, str, bool))})})
+        tmp.replace(path)
+        return {**pre, "cache": str(path), "cached": False}
 
     def chip(self, stream: str):
         return make_chip(self.plan.chip, self.streams.seed(stream))
 
     def ledger(self) -> Ledger:
-        return Ledger(adc_bits=self.plan.chip.adc_bits or 8)
+        """An empty ledger for this chip: its ADC resolution and the PE array's register capacity
+        (adapter weights that fit stay in registers; the profile's ``pe_register_bits``)."""
+        return Ledger(adc_bits=self.plan.chip.adc_bits or 8, register_bits=self.plan.profile.pe_register_bits)
 
     def stage(self, lane: _Lane, label: str, kind: str, tcfg: TrainConfig, *, forget: list[int], new: list[int],
-              state: ClassState, ext=None, adapter: str | None = None) -> tuple[Ledger, Ledger, dict]:
+              state: ClassState, ext=None, adapter: str | None = None, samples: list[int] = ()
+              ) -> tuple[Ledger, Ledger, dict]:
         """Train one update on one path, count it, deploy it."""
         path, model = lane.path, lane.path.model
         train = self.ledger()
@@ -376,12 +511,16 @@ class _SeedRun:
             for p in ext.params:
                 p.requires_grad_(True)
             groups.append({"params": ext.params, "lr": self.st.rows_lr})
+        extra = {"samples": list(samples)} if getattr(self.w, "sample_forgetting", False) else {}
         obj = self.w.objective(kind, model, self.data, forget=forget, new=new, state=state, columns=lane.columns,
-                               settings=self.st, method=self.plan.method,
+                               settings=self.st, method=lane.method or self.plan.method,
                                gen=self.streams.generator(f"batches:{label}:{path.name}"),
-                               seed=self.streams.seed(f"validation:{label}") % 2 ** 31)
-        hist = fit(model, groups, obj.loss, tcfg, score_fn=obj.score, after_step=lambda: path.after_step(train),
-                   ledger=train, desc=f"{path.name}: {label}", progress=self.progress, counter=self.w.counting)
+                               seed=self.streams.seed(f"validation:{label}") % 2 ** 31, budget=tcfg, **extra)
+        try:
+            hist = fit(model, groups, obj.loss, tcfg, score_fn=obj.score, after_step=lambda: path.after_step(train),
+                       ledger=train, desc=f"{path.name}: {label}", progress=self.progress, counter=self.w.counting)
+        finally:
+            obj.finish()
         if ext is not None:
             ext.finish()
             for p in ext.params:
@@ -407,21 +546,44 @@ class _SeedRun:
     def evaluate(self, model: nn.Module, columns: list, state: ClassState, key: str, title: str):
         return self.w.evaluate(model, self.data, state, columns, key=key, title=title)
 
-    # -- the retrained reference -----------------------------------------------------
-    def reference(self, state: ClassState, index: int) -> tuple[nn.Module, list]:
-        """A model trained from scratch on the kept classes, deployed (one per distinct class set)."""
+    # -- the retrained references ------------------------------------------------------
+    def reference(self, state: ClassState, index: int) -> dict[str, tuple[nn.Module, list]]:
+        """The references for the kept data of ``state`` (one pair per distinct kept data): the
+        float-trained model deployed on a fresh chip (``retrain-float``) and the same model trained
+        further on the chip as the full update trains (``retrain``)."""
         known = [c for c in self.plan.order if c in state.kept or c in state.forgotten]
         columns = self.w.initial_columns(ClassState(known, known), self.plan.order)
-        key = (tuple(sorted(state.kept)), tuple(columns))
+        key = (tuple(sorted(state.kept)), tuple(state.samples), tuple(columns))
         if key not in self.refs:
             n = len(self.refs)
+            t0 = time.perf_counter()
             model = self.build(len(columns), f"model:retrain:{n}")
             self.pretrain(model, state.kept, columns, f"train:retrain:{n}",
-                          f"retrain on {len(state.kept)} kept classes (reference)")
+                          f"retrain on {len(state.kept)} kept classes (reference)", samples=state.samples)
             self.ref_float[key] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            deploy(model, self.chip(f"chip:retrain:{n}"), exclude=self.w.deploy_exclude(self.st), profile=self.plan.profile,
-                   calibrate=self.w.calibration(self.data, state.kept, columns, self.st))
-            self.refs[key] = (model, columns)
+            chip = self.chip(f"chip:retrain:{n}")
+            rep = deploy(model, chip, exclude=self.w.deploy_exclude(self.st), profile=self.plan.profile,
+                         calibrate=self.w.calibration(self.data, state.kept, columns, self.st))
+            t_float = time.perf_counter() - t0
+            hw = copy.deepcopy(model)
+            hw_chip = next(m.core.chip for _, m in analog_layers(hw))
+            t1 = time.perf_counter()
+            # trained on its own chip as the full update trains (every step write-verified, charged to training)
+            tmp = _Lane(FullPath(hw, hw_chip, copy.deepcopy(hw_chip), self.plan.profile), list(columns),
+                        self.ledger(), self.ledger())
+            self.stage(tmp, f"retrain:{n}", "learn", self.st.forget_budget("full", "ft"), forget=[], new=[],
+                       state=state)
+            t_hw = time.perf_counter() - t1
+            for name, path in (("retrain-float", RefPath("retrain-float", model, chip)), ("retrain", tmp.path)):
+                ref = self.ref_lanes[name]
+                ref.path, ref.columns = path, list(columns)
+                if name == "retrain":
+                    ref.train.merge(tmp.train)
+                # deployment: the retrained model programmed onto a chip, every cell (a fresh chip's programming)
+                ref.deploy.merge(_programming(rep))
+                ref.float_examples += self.st.pretrain.steps * self.st.pretrain.batch_size
+                ref.seconds += t_float + (t_hw if name == "retrain" else 0.0)
+            self.refs[key] = {"retrain": (hw, columns), "retrain-float": (model, columns)}
         self.ref_key = key
         return self.refs[key]
 
@@ -430,6 +592,8 @@ class _SeedRun:
         plan, w, st = self.plan, self.w, self.st
         t_start = time.perf_counter()
         self.data = w.prepare(plan.ds, plan.order, st, self.seed, self.streams.generator("data"))
+        if any(r.fraction is not None for r in plan.requests):
+            draw_samples(plan, self.data)
         if self.out is not None and hasattr(self.data, "grid_dir"):
             self.data.grid_dir = self.out
         t0 = time.perf_counter()
@@ -443,33 +607,36 @@ class _SeedRun:
             load_weights(model, plan.config.pretrained)
             pre = {"loaded_from": str(plan.config.pretrained)}
         else:
-            pre = self.pretrain(model, state.kept, cols, "train:pretrain", "pretrain (float)")
+            pre = self.cached_pretrain(model, state.kept, cols)
         self.timing["pretrain"] = round(time.perf_counter() - t0, 2)
         float_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        pre_eval = self.evaluate(model, cols, ClassState(state.initial, state.kept, [c for c in plan.states[-1].forgotten
-                                                                                  if c in state.kept], []),
-                                 "pretrained_float", "pretrained (float)")
+        final = plan.states[-1]
+        pre_eval = self.evaluate(model, cols, ClassState(state.initial, state.kept, [c for c in final.forgotten
+                                                                                  if c in state.kept], [],
+                                                         final.samples), "pretrained_float", "pretrained (float)")
         pre = {**{k: v for k, v in pre.items() if isinstance(v, (int, float, str))},
                "float_metrics": pre_eval.metrics}
         chip = self.chip("chip:main")
         feed = w.calibration(self.data, state.kept, cols, st)
         dep = deploy(model, chip, exclude=w.deploy_exclude(st), profile=plan.profile, calibrate=feed)
         dep.inference = layer_inference(model, feed, feed.examples, plan.profile, plan.chip.adc_bits or 8)
-        field_chip = copy.deepcopy(chip)
-        full_model = copy.deepcopy(model)
-        full_chip = next(m.core.chip for _, m in analog_layers(full_model))
-        lanes = {"lora": _Lane(AdapterPath(model, chip, plan.profile, plan.adapter), list(cols), self.ledger(),
-                               self.ledger()),
-                 "full": _Lane(FullPath(full_model, full_chip, field_chip, plan.profile), list(cols), self.ledger(),
-                               self.ledger())}
-        self.refs: dict = {}
-        self.ref_float: dict = {}
-        self.ref_key = None
+        lanes: dict[str, _Lane] = {}
+        for m in plan.methods:
+            for kind in ("lora", "full"):
+                mdl = copy.deepcopy(model)
+                mchip = next(x.core.chip for _, x in analog_layers(mdl))
+                path = (AdapterPath(mdl, mchip, plan.profile, plan.adapter) if kind == "lora"
+                        else FullPath(mdl, mchip, copy.deepcopy(chip), plan.profile))
+                lanes[lane_name(kind, m, plan.methods)] = _Lane(path, list(cols), self.ledger(), self.ledger(),
+                                                                method=m)
+        self.ref_lanes = {name: _Lane(None, [], self.ledger(), self.ledger()) for name in REFERENCES}
+        self.refs, self.ref_float, self.ref_key = {}, {}, None
         t0 = time.perf_counter()
         # before any request, "forgotten" names the classes the scenario forgets later (a preview)
-        preview = ClassState(state.initial, state.kept, [c for c in plan.states[-1].forgotten if c in state.kept], [])
+        preview = ClassState(state.initial, state.kept, [c for c in final.forgotten if c in state.kept], [],
+                             final.samples)
         ev = self.evaluate(model, cols, preview, "deployed", f"pretrained, deployed on {plan.chip.preset}")
-        steps = {p: self.step(None, None, ev, None, t0) for p in ("lora", "full", "retrain")}
+        steps = {p: self.step(None, None, ev, None, t0) for p in list(lanes) + list(REFERENCES)}
         results = [self._request_result(0, steps)]
         for i, req in enumerate(plan.requests[1:], start=1):
             before, state = state, plan.states[i]
@@ -479,16 +646,22 @@ class _SeedRun:
             for name, lane in lanes.items():
                 t0 = time.perf_counter()
                 steps[name] = self._apply(req, i, tag, lane, before, state, labels)
+                lane.seconds += time.perf_counter() - t0
                 self.timing[f"{tag}:{name}"] = round(time.perf_counter() - t0, 2)
             if req.kind == "age":
-                for m, _ in self.refs.values():
-                    _age(m, req.seconds)
+                for pair in self.refs.values():
+                    for m, _ in pair.values():
+                        _age(m, req.seconds)
             t0 = time.perf_counter()
-            ref, ref_cols = self.reference(state, i)
-            steps["retrain"] = self.step(None, None, self.evaluate(ref, ref_cols, state, f"{tag}_retrain",
-                                                                   f"after {req}: retrained reference"), None, t0)
+            refs = self.reference(state, i)
+            for name, (ref, ref_cols) in refs.items():
+                steps[name] = self.step(None, None, self.evaluate(ref, ref_cols, state, f"{tag}_{name}",
+                                                                  f"after {req}: {name} (reference)"), None, t0)
             results.append(self._request_result(i, steps))
-        return self._finish(results, lanes, dep, pre, model, full_model, float_state, state, t_start)
+        t0 = time.perf_counter()
+        audits = self._audit(model, cols, lanes)
+        self.timing["audit"] = round(time.perf_counter() - t0, 2)
+        return self._finish(results, lanes, dep, pre, model, float_state, state, t_start, audits)
 
     def _request_result(self, i: int, steps: dict[str, PathStep]) -> RequestResult:
         plan, s = self.plan, self.plan.states[i]
@@ -501,14 +674,19 @@ class _SeedRun:
         """Request ``req`` on one path; its step record."""
         path, st = lane.path, self.st
         lora = path.name == "lora"
+        method = lane.method or self.plan.method
         t0 = time.perf_counter()
-        budget = {"forget": st.forget_lora if lora else st.forget_full,
-                  "learn": st.learn_lora if lora else st.learn_full}
         adapter = tag if lora else None
         title = f"after {req} ({path.name})"
+        samples = [i] if req.fraction is not None else []
+        if req.kind == "forget" and is_training_free(method):
+            lane.masked[i] = (list(lane.columns), list(labels))
+            lane.columns = [None if c in labels else c for c in lane.columns]
+            ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
+            return self.step(None, None, ev, None, t0, note=f"output masked: {', '.join(self.plan.names(labels))}")
         if req.kind == "forget":
-            tr, dp, h = self.stage(lane, tag, "forget", budget["forget"], forget=labels, new=[], state=before,
-                                   adapter=adapter)
+            tr, dp, h = self.stage(lane, tag, "forget", st.forget_budget(path.name, method), forget=labels, new=[],
+                                   state=before, adapter=adapter, samples=samples)
             lane.undo[i] = (adapter, None)
         elif req.kind in ("add", "repair"):
             ext = None
@@ -517,7 +695,8 @@ class _SeedRun:
                     ext = self.w.extend(path.model, path.name, labels, lane.columns, path.chip, tag,
                                         self.plan.adapter.bits)
                 lane.columns = ext.columns
-            tr, dp, h = self.stage(lane, tag, "learn", budget["learn"], forget=[], new=labels, state=before,
+            budget = st.learn_lora if lora else st.learn_full
+            tr, dp, h = self.stage(lane, tag, "learn", budget, forget=[], new=labels, state=before,
                                    ext=ext, adapter=adapter)
             lane.undo[i] = (adapter, ext)
         elif req.kind == "age":
@@ -529,6 +708,12 @@ class _SeedRun:
         else:  # undo
             target = self.plan.requests[req.target]
             t_labels = self.plan.labels[req.target]
+            if req.target in lane.masked:  # an output mask is lifted
+                before, masked = lane.masked.pop(req.target)
+                lane.columns = [before[j] if c is None and j < len(before) and before[j] in masked else c
+                                for j, c in enumerate(lane.columns)]
+                ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
+                return self.step(None, None, ev, None, t0, note="output mask lifted")
             if lora:
                 name, ext = lane.undo.pop(req.target)
                 path.undo(name)
@@ -542,44 +727,99 @@ class _SeedRun:
                 return self.step(None, None, ev, None, t0, note="a repair of the weights themselves is kept")
             if target.kind == "forget":  # the full update relearns what it erased
                 tr, dp, h = self.stage(lane, tag, "learn", st.learn_full, forget=[], new=t_labels, state=before)
-                note = f"relearned {', '.join(self.plan.names(t_labels))} by training"
+                what = ", ".join(self.plan.names(t_labels)) or f"the samples of request {req.target}"
+                note = f"relearned {what} by training"
             else:  # an added class is erased by training
-                tr, dp, h = self.stage(lane, tag, "forget", st.forget_full, forget=t_labels, new=[], state=before)
+                tr, dp, h = self.stage(lane, tag, "forget", st.forget_budget("full", method), forget=t_labels,
+                                       new=[], state=before)
                 note = f"erased {', '.join(self.plan.names(t_labels))} by training"
             ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
             return self.step(tr, dp, ev, h, t0, note=note)
         if lora and self.out is not None and adapter:
             (self.out / "weights").mkdir(exist_ok=True)
-            save_adapter(path.model, adapter, self.out / "weights" / f"adapter-{adapter}.safetensors")
+            suffix = f"-{method}" if len(self.plan.methods) > 1 else ""  # one file per method's adapter
+            save_adapter(path.model, adapter, self.out / "weights" / f"adapter-{adapter}{suffix}.safetensors")
         ev = self.evaluate(path.model, lane.columns, state, f"{tag}_{path.name}", title)
         return self.step(tr, dp, ev, h, t0, adapter=adapter)
 
+    # -- what an attacker could learn after the last request ----------------------------
+    def _audit(self, model: nn.Module, cols: list, lanes: dict[str, _Lane]) -> dict[str, dict]:
+        """Per lane (and ``deployed``: the model before any request): the workload's audit (attack
+        statistics, linear probe, relearning time), the scores with every forget adapter or output
+        mask switched off, and the cost of merging the adapters into the arrays."""
+        plan, w = self.plan, self.w
+        final = plan.states[-1]
+        out: dict[str, dict] = {}
+        if not hasattr(w, "audit") or not (final.forgotten or final.samples):
+            return out
+        a = plan.adapter
+        everyone = {"deployed": (model, cols, None), **{n: (ln.path.model, ln.unmasked(), ln)
+                                                        for n, ln in {**lanes, **self.ref_lanes}.items()
+                                                        if ln.path is not None}}
+        for name, (mdl, columns, lane) in everyone.items():
+            rec = w.audit(mdl, self.data, final, columns, self.st, self.streams.generator(f"audit:{name}"),
+                          a.rank, a.alpha, targets=adapter_targets(mdl, a.target_modules))
+            if lane is not None and lane.masked:
+                rec["adapters_off"] = self.evaluate(mdl, lane.unmasked(), final, f"{name}_mask_off",
+                                                    "output mask lifted").metrics
+            elif lane is not None and isinstance(lane.path, AdapterPath):
+                forget_adapters = [ad for k, (ad, _) in lane.undo.items()
+                                   if ad and plan.requests[k].kind == "forget"]
+                if forget_adapters:
+                    on = active_adapters(mdl)
+                    set_active(mdl, [ad for ad in on if ad not in forget_adapters])  # switched off ...
+                    rec["adapters_off"] = self.evaluate(mdl, lane.columns, final, f"{name}_adapters_off",
+                                                        "forget adapters switched off").metrics
+                    set_active(mdl, on)  # ... and on again
+            if lane is not None and isinstance(lane.path, AdapterPath):
+                rep = lane.path.merge_report()
+                if rep is not None:
+                    rec["merge"] = {"energy_J": rep.energy_J, "time_s": rep.time_s,
+                                    "programmed_cells": rep.programmed_cells, "cells": rep.cells}
+            out[name] = rec
+        return out
+
     def _finish(self, results: list[RequestResult], lanes: dict[str, _Lane], dep, pre: dict, model: nn.Module,
-                full_model: nn.Module, float_state: dict, state: ClassState, t_start: float) -> SeedResult:
+                float_state: dict, state: ClassState, t_start: float, audits: dict[str, dict]) -> SeedResult:
         plan, w, prof = self.plan, self.w, self.plan.profile
-        figs, paths = {}, {}
-        for name, lane in lanes.items():
+        first = {kind: lane_name(kind, plan.methods[0], plan.methods) for kind in ("lora", "full")}
+        first_full, first_lora = lanes[first["full"]], lanes[first["lora"]]
+        figs, paths, ledgers = {}, {}, {}
+        everyone = {**lanes, **{k: v for k, v in self.ref_lanes.items() if v.path is not None}}
+        for name, lane in everyone.items():
             inf = self.ledger()
             n = w.inference(lane.path.model, self.data, state, lane.columns, inf)
+            ledgers[name] = PathLedgers(lane.train, lane.deploy, inf, n)
+        # the all-digital reference: the full update's network on a digital unit of the same node
+        ref = ledgers[first["full"]]
+        digital_J = ref.inference.as_reference().energy(prof)["total"] / max(1, ref.samples)
+        digital_s = ref.inference.as_reference().time(prof)["total"] / max(1, ref.samples)
+        pair = {"lora": ledgers[first["lora"]], "full": ref}
+        costs = {**cost_record(pair, prof), "profile": prof.name,
+                 "ledgers": {k: v.to_dict() for k, v in pair.items()}}
+        for name, lane in everyone.items():
+            inf, n = ledgers[name].inference, ledgers[name].samples
             figs[name] = cost_figures(lane.train, lane.deploy, inf, n, prof)
+            # a reference's float training ran off the chip: priced as digital training (3 passes per example)
+            figs[name].training_cost_J += 3 * digital_J * lane.float_examples
+            figs[name].training_time_s += 3 * digital_s * lane.float_examples
             e_inf = inf.energy(prof)
             breakdown = {"training_J": lane.train.energy(prof), "deployment_J": lane.deploy.energy(prof),
                          "inference_J_per_sample": {k: v / max(1, n) for k, v in e_inf.items()},
                          "inference_activation_J_per_sample": inf.counts["activation_macs"] * prof.mac_J / max(1, n),
-                         "training_counts": dict(lane.train.counts), "inference_counts": dict(inf.counts)}
+                         "training_counts": dict(lane.train.counts), "inference_counts": dict(inf.counts),
+                         "float_training_J_estimate": 3 * digital_J * lane.float_examples}
+            kind = name.split(":")[0] if name not in REFERENCES else name
             paths[name] = PathResult(figs[name].to_dict(), breakdown, lane.path.reprogrammed_cells,
-                                     continual(results, name, w), forgotten_max(results, name, w.forget_metric))
-        digital = self.ledger()
-        n = w.inference(full_model, self.data, state, lanes["full"].columns, digital, as_digital=True)
-        digital_J = digital.energy(prof)["total"] / max(1, n)
-        rat = ratios(figs["full"], figs["lora"])
-        rat["inference_energy_vs_digital"] = digital_J / figs["lora"].inference_energy_J
-        gap_keys = [m for m, _ in w.request_metrics if m != "new_class_acc" and m != "new_style_rate"]
-        last = results[-1].paths
-        gaps = {}
-        for p in ("lora", "full"):
-            keys = [k for k in gap_keys if _finite(last[p].metrics.get(k)) and _finite(last["retrain"].metrics.get(k))]
-            gaps[p] = avg_gap(last[p].metrics, last["retrain"].metrics, keys) if keys else float("nan")
+                                     continual(results, name, w), forgotten_max(results, name, w.forget_metric),
+                                     method=lane.method or "", kind=kind, seconds=round(lane.seconds, 3),
+                                     audit=audits.get(name, {}))
+        rat = ratios(figs[lane_name("full", plan.methods[0], plan.methods)],
+                     figs[lane_name("lora", plan.methods[0], plan.methods)])
+        rat["inference_energy_vs_digital"] = digital_J / figs[lane_name("lora", plan.methods[0],
+                                                                        plan.methods)].inference_energy_J
+        gaps = {p: avg_gap_to(results[-1].paths[p].metrics, results[-1].paths["retrain"].metrics, w)
+                for p in everyone if p != "retrain"}
         s0 = plan.states[0]
         cols0 = w.initial_columns(s0, plan.order)
 
@@ -596,28 +836,47 @@ class _SeedRun:
         ret = retention(self, float_state, cols0, s0)
         self.timing["retention"] = round(time.perf_counter() - t0, 2)
         if self.out is not None:
-            self._save(model, full_model, float_state, lanes)
+            self._save(float_state, first_lora, first_full)
         self.timing["total"] = round(time.perf_counter() - t_start, 2)
         return SeedResult(self.seed, [plan.ds.names[c] for c in plan.order], pre, dep.summary(), results, paths, rat,
-                          digital_J, gaps, extras, dict(self.timing), ret)
+                          digital_J, gaps, extras, dict(self.timing), ret, deployed_audit=audits.get("deployed", {}),
+                          costs=costs)
 
     def _float_copy(self, float_state: dict) -> nn.Module:
         m = self.build(len(self.w.initial_columns(self.plan.states[0], self.plan.order)), "model:pretrain")
         m.load_state_dict(float_state)
         return m
 
-    def _save(self, model: nn.Module, full_model: nn.Module, float_state: dict, lanes: dict[str, _Lane]) -> None:
+    def _save(self, float_state: dict, lora: _Lane, full: _Lane) -> None:
         wdir = self.out / "weights"
         wdir.mkdir(parents=True, exist_ok=True)
 
         def save(sd: dict, name: str) -> None:
             save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(wdir / name))
         save(float_state, "pretrained.safetensors")
-        save({k: v for k, v in model.state_dict().items() if "lora_" not in k}, "lora-path-digital.safetensors")
-        save({k: v for k, v in full_model.state_dict().items() if "lora_" not in k}, "full-update.safetensors")
+        save({k: v for k, v in lora.path.model.state_dict().items() if "lora_" not in k},
+             "lora-path-digital.safetensors")
+        save({k: v for k, v in full.path.model.state_dict().items() if "lora_" not in k}, "full-update.safetensors")
         if self.ref_key in self.ref_float:
             save(self.ref_float[self.ref_key], "retrain.safetensors")
-        save(lanes["lora"].path.chip.state_dict(), "chip-cells.safetensors")
+        save(lora.path.chip.state_dict(), "chip-cells.safetensors")
+
+
+def _programming(rep: Any) -> Ledger:
+    """The write-verify work of a programming report as a ledger."""
+    led = Ledger()
+    led.add("set_pulses", rep.set_pulses)
+    led.add("reset_pulses", rep.reset_pulses)
+    led.add("verify_reads", rep.verify_reads)
+    return led
+
+
+def avg_gap_to(metrics: dict[str, float], reference: dict[str, float], w: Workload) -> float:
+    """The Avg. Gap of one seed: mean |metric − reference's| over the workload's request metrics
+    (new classes left out) and MIA-efficacy where both define it (SalUn's four: UA, RA, TA, MIA)."""
+    keys = [m for m, _ in w.request_metrics if m not in ("new_class_acc", "new_style_rate")] + ["mia_efficacy"]
+    keys = [k for k in keys if _finite(metrics.get(k)) and _finite(reference.get(k))]
+    return avg_gap(metrics, reference, keys) if keys else float("nan")
 
 
 def _finite(v: Any) -> bool:
@@ -715,14 +974,16 @@ def run_scenario(cfg: ScenarioConfig, out: str | Path | None = None) -> Scenario
         result = ScenarioResult(plan.workload.name, plan.configuration,
                                 {"kind": plan.ds.kind, "source": plan.ds.source}, [str(r) for r in plan.requests],
                                 plan.method, plan.seeds, cfg.to_dict(), plan.settings.to_dict(), plan.adapter.to_dict(),
-                                cfg.chip.to_dict(), env, per_seed, [m for m, _ in plan.workload.request_metrics])
+                                cfg.chip.to_dict(), env, per_seed, [m for m, _ in plan.workload.request_metrics],
+                                list(plan.methods))
         if out_dir is not None:
             from rmlora.scenario.report import write_report
 
+            first = lane_name("lora", plan.methods[0], plan.methods)
             for r in per_seed:
                 for i, q in enumerate(r.requests):
-                    ledger_append(out_dir / records.LEDGER, plan, i, q.paths["lora"].metrics,
-                                  {"seed": r.seed, "preset": cfg.chip.preset, "method": plan.method})
+                    ledger_append(out_dir / records.LEDGER, plan, i, q.paths[first].metrics,
+                                  {"seed": r.seed, "preset": cfg.chip.preset, "method": plan.methods[0]})
             write_report(out_dir, result, plan.workload)
             write_json(out_dir / "summary.json", result.to_dict())
             write_json(out_dir / "run.json", {**run, **env, "status": "finished"})
@@ -738,6 +999,8 @@ def ledger_append(path: Path, plan: Plan, i: int, metrics: dict[str, float], ext
         return
     k = req.target if restored else i
     cls = plan.names(plan.labels[k])
+    share = plan.requests[k].fraction
     records.append(path, classes=[] if restored else cls, adapter=request_tag(k, plan.requests[k], cls),
                    metrics=dict(metrics), extra={"workload": plan.workload.name, "request": str(req), **extra,
-                                                 **({"restored": cls} if restored else {})})
+                                                 **({"restored": cls} if restored else {}),
+                                                 **({"fraction": share} if share is not None else {})})

@@ -43,9 +43,11 @@ class ClassState:
     kept: list[int] = field(default_factory=list)  # learned now, in the order they were learned
     forgotten: list[int] = field(default_factory=list)  # learned once, not now (forgotten or undone)
     added: list[int] = field(default_factory=list)  # kept classes that came by add requests
+    samples: list[int] = field(default_factory=list)  # requests whose random samples are forgotten now
 
     def copy(self) -> ClassState:
-        return ClassState(list(self.initial), list(self.kept), list(self.forgotten), list(self.added))
+        return ClassState(list(self.initial), list(self.kept), list(self.forgotten), list(self.added),
+                          list(self.samples))
 
     @property
     def retained_initial(self) -> list[int]:
@@ -87,13 +89,19 @@ class WorkloadSettings(ConfigBase):
                 merged[k] = v
         return type(self).from_dict(merged, where)
 
+    def forget_budget(self, path: str, method: str) -> TrainConfig:
+        """The budget of a forget stage on ``path`` (``lora`` or ``full``) with ``method``."""
+        return self.forget_lora if path == "lora" else self.forget_full
+
 
 @dataclass
 class Objective:
-    """A stage's training loss ``loss(step)`` and its validation score (higher is better)."""
+    """A stage's training loss ``loss(step)``, its validation score (higher is better) and what
+    to undo after training (``finish``: e.g. gradient hooks a method installed)."""
 
     loss: Callable[[int], torch.Tensor]
     score: Callable[[], float]
+    finish: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -147,17 +155,16 @@ class Workload(Protocol):
                  settings: WorkloadSettings, seed: int, progress: bool, desc: str) -> dict[str, Any]: ...
     def objective(self, kind: str, model: nn.Module, data: Any, *, forget: list[int], new: list[int],
                   state: ClassState, columns: Columns, settings: WorkloadSettings, method: str,
-                  gen: torch.Generator, seed: int) -> Objective: ...
+                  gen: torch.Generator, seed: int, budget: TrainConfig | None = None) -> Objective: ...
     def extend(self, model: nn.Module, path: str, new: list[int], columns: Columns, chip: Any, label: str,
                bits: int) -> Extension: ...
-    def counting(self, model: nn.Module, ledger: Ledger, as_digital: bool = False
-                 ) -> AbstractContextManager[Any]: ...
+    def counting(self, model: nn.Module, ledger: Ledger) -> AbstractContextManager[Any]: ...
     def evaluate(self, model: nn.Module, data: Any, state: ClassState, columns: Columns, *, key: str,
                  title: str) -> Evaluation: ...
     def retention_metric(self, model: nn.Module, data: Any, state: ClassState, columns: Columns
                          ) -> tuple[str, float]: ...
-    def inference(self, model: nn.Module, data: Any, state: ClassState, columns: Columns, ledger: Ledger,
-                  as_digital: bool = False) -> int: ...
+    def inference(self, model: nn.Module, data: Any, state: ClassState, columns: Columns, ledger: Ledger
+                  ) -> int: ...
     def extras(self, ctx: Any) -> dict[str, Any]: ...
     def report_section(self, result: Any, out: Path | None) -> str: ...
 

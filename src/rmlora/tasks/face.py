@@ -13,7 +13,7 @@ from torch import nn
 
 from rmlora.config import AdapterConfig, TrainConfig
 from rmlora.data import faces
-from rmlora.scenario.classification import ClassificationWorkload, ClassifierSettings
+from rmlora.scenario.classification import AuditConfig, ClassificationWorkload, ClassifierSettings
 
 
 class MixerBlock(nn.Module):
@@ -61,6 +61,22 @@ class FaceMixer(nn.Module):
         return self.head(self.norm(x).mean(dim=1))
 
 
+#: the evaluation's pretraining (steps, Adam learning rate): the validation search's choice
+#: (benchmarks/tune_unlearning.py --workload face --what pretrain; docs/tuning_face.json)
+EVAL_PRETRAIN = (800, 1e-2)
+#: forget learning rate per method, [adapter path, full update]: the validation search's choice
+#: (benchmarks/tune_unlearning.py --workload face; docs/tuning_face.json)
+EVAL_LR: dict[str, list[float]] = {
+    "ft": [0.03, 0.006],
+    "neggrad": [0.00333, 0.000667],
+    "neggrad+": [0.01, 0.002],
+    "relabel": [0.01, 0.000667],
+    "scrub": [0.01, 0.006],
+    "l1": [0.03, 0.006],
+    "salun": [0.01, 0.000667],
+}
+
+
 class FaceWorkload(ClassificationWorkload):
     """Face recognition on AT&T / Olivetti / a photo folder / procedural faces."""
 
@@ -68,11 +84,14 @@ class FaceWorkload(ClassificationWorkload):
     unit = "identity"
     description = "face recognition: AT&T/Olivetti photos (16x16), a 2-block MLP-Mixer"
     settings_type = ClassifierSettings
-    configurations = ("default", "quick")
+    configurations = ("default", "quick", "eval", "eval-quick")
 
     def settings(self, configuration: str) -> ClassifierSettings:
         """The defaults; ``quick`` shortens every stage to 30 %. Budgets and learning rates were
-        chosen on validation accuracy of the procedural faces and of AT&T's validation photos."""
+        chosen on validation accuracy of the procedural faces and of AT&T's validation photos.
+        ``eval`` is the unlearning evaluation's protocol (:meth:`eval_settings`)."""
+        if configuration.startswith("eval"):
+            return self.eval_settings(configuration == "eval-quick")
         quick = configuration == "quick"
         cfg = partial(TrainConfig.scaled, scale=0.3 if quick else 1.0, batch_size=32)
         return ClassifierSettings(
@@ -83,9 +102,33 @@ class FaceWorkload(ClassificationWorkload):
             adapter=AdapterConfig(rank=4, alpha=8.0, target_modules=["*channel_fc*", "head"]),
             rehearsal_per_class=3, forget_weight=1.0, seeds=1 if quick else 5,
             augment_copies=4 if quick else 10,
-            # gradient ascent stops pushing a forget photo once its loss exceeds ga_cap (nats): a little
-            # above ln 5 ≈ 1.6, the loss of a chance-level guess among the five learned identities
-            ga_cap=2.0)
+            # gradient ascent stops pushing a forget photo once its loss exceeds ga_cap (nats). Chosen on
+            # validation data (benchmarks/tune_unlearning.py --workload face --what default; docs/tuning_face.json):
+            # caps 1, 2 and 4 tie on both paths, and ties go to the gentlest
+            ga_cap=1.0)
+
+    def eval_settings(self, quick: bool) -> ClassifierSettings:
+        """The unlearning evaluation (docs/evaluation.md): every identity learned, s3 (index 2, the
+        paper's forgotten identity) forgotten, one fixed split (split seed 0) so that the other seeds'
+        models are the likelihood-ratio attack's shadow models, 10 seeds (``eval-quick``: 3 seeds,
+        30 % budgets, for a first look and the tests).
+
+        The step budgets are compute budgets (every method and both paths get the same); inside them
+        the checkpoint is picked on validation data. The pretraining budget and every method's
+        learning rate on each path come from the validation search of
+        ``benchmarks/tune_unlearning.py`` (docs/tuning_face.json); method constants are published
+        defaults (:class:`rmlora.methods.UnlearnConfig`)."""
+        base = self.settings("default")
+        cfg = partial(TrainConfig.scaled, scale=0.3 if quick else 1.0, batch_size=16)
+        return base.replace(
+            learn=["all"], forget=["2"], add=[], seeds=3 if quick else 10, split_seed=0, retention_chips=0,
+            augment_copies=4 if quick else 10,
+            pretrain=TrainConfig.scaled(EVAL_PRETRAIN[0], EVAL_PRETRAIN[1], scale=0.3 if quick else 1.0, batch_size=32),
+            forget_lora=cfg(60, 1e-2, eval_every=10), forget_full=cfg(60, 2e-3, eval_every=10),
+            method_lr=dict(EVAL_LR),
+            # the attacker's relearning budget: 30 steps of 8 forgotten + 8 kept photos (a budget, not tuned)
+            audit=AuditConfig(relearn_max_steps=9 if quick else 30, relearn_every=3, relearn_lr=1e-2,
+                              relearn_batch=8))
 
     def load(self, data_dir: str | None, seed: int, download: bool) -> faces.FaceSet:
         return faces.load_faces(data_dir, size=16, seed=seed, download=download)

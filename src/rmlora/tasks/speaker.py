@@ -17,7 +17,7 @@ from torch import nn
 
 from rmlora.config import AdapterConfig, TrainConfig
 from rmlora.data import speech
-from rmlora.scenario.classification import ClassificationWorkload, ClassifierSettings
+from rmlora.scenario.classification import AuditConfig, ClassificationWorkload, ClassifierSettings
 
 
 class SpeakerRSNN(nn.Module):
@@ -89,6 +89,22 @@ def _augment_spikes(x: torch.Tensor, generator: torch.Generator, drop: float = 0
     return out
 
 
+#: the evaluation's pretraining (steps, Adam learning rate): the validation search's choice
+#: (benchmarks/tune_unlearning.py --workload speaker --what pretrain; docs/tuning_speaker.json)
+EVAL_PRETRAIN = (600, 2e-3)  # 1200 steps scored within the tie tolerance
+#: forget learning rate per method, [adapter path, full update]: the validation search's choice
+#: (benchmarks/tune_unlearning.py --workload speaker; docs/tuning_speaker.json)
+EVAL_LR: dict[str, list[float]] = {
+    "ft": [0.015, 0.001],
+    "neggrad": [0.00167, 0.000333],
+    "neggrad+": [0.00167, 0.001],
+    "relabel": [0.00167, 0.000333],
+    "scrub": [0.015, 0.003],
+    "l1": [0.015, 0.001],
+    "salun": [0.005, 0.000333],
+}
+
+
 @dataclass
 class SpeakerSettings(ClassifierSettings):
     """Speaker settings: training utterances per speaker, the write-error repair experiment."""
@@ -107,10 +123,13 @@ class SpeakerWorkload(ClassificationWorkload):
     unit = "speaker"
     description = "speaker authentication: FSDD/SSC as 140-channel spikes, a recurrent LIF network 140-512-classes"
     settings_type = SpeakerSettings
-    configurations = ("default", "quick")
+    configurations = ("default", "quick", "eval", "eval-quick")
 
     def settings(self, configuration: str) -> SpeakerSettings:
-        """The defaults; ``quick`` shortens every stage to 30 % and trains on 80 utterances per speaker."""
+        """The defaults; ``quick`` shortens every stage to 30 % and trains on 80 utterances per speaker.
+        ``eval`` is the unlearning evaluation's protocol (:meth:`eval_settings`)."""
+        if configuration.startswith("eval"):
+            return self.eval_settings(configuration == "eval-quick")
         quick = configuration == "quick"
         cfg = partial(TrainConfig.scaled, scale=0.3 if quick else 1.0, batch_size=64)
         return SpeakerSettings(
@@ -119,14 +138,37 @@ class SpeakerWorkload(ClassificationWorkload):
             forget_lora=cfg(150, 5e-3, eval_every=10), forget_full=cfg(150, 1e-3, eval_every=10),
             learn_lora=cfg(200, 5e-3, eval_every=10), learn_full=cfg(200, 1e-3, eval_every=10), rows_lr=5e-3,
             adapter=AdapterConfig(rank=4, alpha=8.0, target_modules=None),
-            # rehearsal: utterances per kept speaker replayed while learning. Chosen at stop 7 from the
-            # kept speakers' accuracy on FSDD's test utterances (20: −5 points, 60: −2.5, 100: −1.0 against
-            # the deployed model) — a choice made on test data; a validation-based choice is still owed.
+            # rehearsal: utterances per kept speaker replayed while learning a new one. Chosen on validation data
+            # (the add request's validation score on both paths, 20 / 60 / 100: benchmarks/tune_unlearning.py
+            # --workload speaker --what default; docs/tuning_speaker.json)
             rehearsal_per_class=100, forget_weight=1.0, seeds=1 if quick else 2,
             augment_copies=1 if quick else 2, max_train=80 if quick else 200,
             repair=TrainConfig(steps=60 if quick else 200, lr=5e-3, batch_size=64, eval_every=10),
+            # the attacker's relearning adapter learns at the adapter path's forget rate (not tuned)
+            audit=AuditConfig(relearn_lr=5e-3),
             sweep_levels=[0.0, 4.0, 8.0] if quick else [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0],
             sweep_draws=3 if quick else 20)
+
+    def eval_settings(self, quick: bool) -> SpeakerSettings:
+        """The unlearning evaluation (docs/evaluation.md): all six FSDD speakers learned, jackson
+        (index 1, the default scenario's) forgotten, one fixed split (split seed 0: the other seeds'
+        models are the likelihood-ratio attack's shadow models), 10 seeds (``eval-quick``: 3 seeds,
+        30 % budgets). Step budgets are compute budgets shared by every method and both paths (the
+        recurrent network costs about ten times the face model per step on the simulated chip); the
+        pretraining budget and the learning rates come from the validation search
+        (``benchmarks/tune_unlearning.py --workload speaker``; docs/tuning_speaker.json)."""
+        base = self.settings("default")
+        cfg = partial(TrainConfig.scaled, scale=0.3 if quick else 1.0, batch_size=16)
+        return base.replace(
+            learn=["all"], forget=["1"], add=[], seeds=3 if quick else 10, split_seed=0, retention_chips=0,
+            sweep_levels=[], max_train=80 if quick else 200, augment_copies=1 if quick else 2,
+            pretrain=TrainConfig.scaled(EVAL_PRETRAIN[0], EVAL_PRETRAIN[1], scale=0.3 if quick else 1.0,
+                                        batch_size=64),
+            forget_lora=cfg(30, 5e-3, eval_every=10), forget_full=cfg(30, 1e-3, eval_every=10),
+            method_lr=dict(EVAL_LR),
+            # the attacker's relearning budget: 12 steps of 8 forgotten + 8 kept utterances (a budget, not tuned)
+            audit=AuditConfig(relearn_max_steps=10 if quick else 12, relearn_every=3, relearn_lr=5e-3,
+                              relearn_batch=8))
 
     def load(self, data_dir: str | None, seed: int, download: bool) -> speech.SpeechSet:
         return speech.load_speech(data_dir, seed=seed, download=download)

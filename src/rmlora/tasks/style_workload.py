@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rmlora.costs import Ledger, counting
+from rmlora.config import TrainConfig
 from rmlora.data import styles as style_data
 from rmlora.errors import RmloraError
 from rmlora.metrics.generation import (frechet_distance, classifier_features, kernel_distance, predict,
@@ -173,7 +174,7 @@ def train_classifier(data: StyleData, seed: int, progress: bool, source: dict[st
 
 # --------------------------------------------------------------------------- counting
 @contextmanager
-def counted(model: nn.Module, ledger: Ledger, as_digital: bool = False) -> Iterator[Ledger]:
+def counted(model: nn.Module, ledger: Ledger) -> Iterator[Ledger]:
     """:func:`rmlora.costs.counting` plus, for attention blocks, the activation x activation
     products (QKᵀ and AV: 2·T²·C MACs per sample and layer, three times with gradients), which
     have no fixed weights for the arrays and run on the digital unit on every path. The
@@ -185,7 +186,7 @@ def counted(model: nn.Module, ledger: Ledger, as_digital: bool = False) -> Itera
         b, t, c = out.shape
         ledger.add("activation_macs", (3 if torch.is_grad_enabled() else 1) * 2 * b * t * t * c)
     with ExitStack() as stack:
-        stack.enter_context(counting(model, ledger, as_digital=as_digital))
+        stack.enter_context(counting(model, ledger))
         hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Attention)]
         stack.callback(lambda: [h.remove() for h in hooks])
         yield ledger
@@ -383,8 +384,8 @@ class StyleWorkload:
         feed.examples = len(x)
         return feed
 
-    def counting(self, model: nn.Module, ledger: Ledger, as_digital: bool = False) -> AbstractContextManager:
-        return counted(model, ledger, as_digital)
+    def counting(self, model: nn.Module, ledger: Ledger) -> AbstractContextManager:
+        return counted(model, ledger)
 
     def setup(self, data: StyleData, seed: int, progress: bool) -> None:
         """Per seed: the autoencoder of a latent configuration (trained on this seed's training
@@ -442,10 +443,11 @@ class StyleWorkload:
 
     def objective(self, kind: str, model: nn.Module, data: StyleData, *, forget: list[int], new: list[int],
                   state: ClassState, columns: Columns, settings: StyleSettings, method: str,
-                  gen: torch.Generator, seed: int) -> Objective:
+                  gen: torch.Generator, seed: int, budget: TrainConfig | None = None) -> Objective:
         """``forget``: the forgotten labels towards uniform noise, the kept classes rehearsed;
         ``learn``: new classes (none for a repair) with kept classes replayed ``replay_old`` : 1
-        and every forgotten label kept on noise."""
+        and every forgotten label kept on noise. ``budget``: the stage's steps and batch size
+        (each path's own; default the LoRA stage's)."""
         st, dev, diff = settings, data.device, data.diff
         kept = [c for c in state.kept if c not in forget and c not in new]
         gone = [c for c in state.forgotten if c not in new] + [c for c in forget if c not in state.forgotten]
@@ -464,7 +466,7 @@ class StyleWorkload:
             stage = Stage(diff, st, [data.xy("val", kept), val_noise], seed + 1)
 
             def forget_loss(step: int) -> torch.Tensor:
-                bs = st.forget_lora.batch_size
+                bs = (budget or st.forget_lora).batch_size
                 nf = max(1, round(bs * st.forget_fraction))
                 nr = max(1, bs - nf)
                 pick = torch.randint(len(yr), (nr,), generator=gen).to(dev)
@@ -480,7 +482,7 @@ class StyleWorkload:
         stage = Stage(diff, st, [data.xy("val", new), data.xy("val", kept), val_noise], seed + 2)
 
         def learn_loss(step: int) -> torch.Tensor:
-            bs = st.learn_lora.batch_size
+            bs = (budget or st.learn_lora).batch_size
             ng = round(bs * st.noise_guard_fraction) if gone else 0
             real = bs - ng
             nn_ = max(1, round(real / (st.replay_old + 1))) if new else 0  # replay_old old : 1 new
@@ -588,13 +590,13 @@ class StyleWorkload:
                      "leak_rate_by_subject": {n: v[1] for n, v in subj.items()}}
         return Evaluation(m, per_class)
 
-    def inference(self, model: nn.Module, data: StyleData, state: ClassState, columns: Columns, ledger: Ledger,
-                  as_digital: bool = False) -> int:
+    def inference(self, model: nn.Module, data: StyleData, state: ClassState, columns: Columns, ledger: Ledger
+                  ) -> int:
         """Count complete sampling runs (every DDIM step, guidance included) of a few samples; the
         autoencoder's decoder (latent configurations) is digital, the same on every path, and left
         out of the figures."""
         n = min(4, len(data.order))
-        with counted(model, ledger, as_digital):
+        with counted(model, ledger):
             data.diff.sample(model, torch.arange(n), torch.Generator().manual_seed(1))
         return n
 
