@@ -165,7 +165,7 @@ def test_adapter_weights_stay_in_the_pe_registers_when_they_fit():
 def test_optimiser_state_is_counted_on_both_paths():
     led = Ledger()
     from rmlora.methods.train import count_update
-    count_update(led, n_param=100, n_digital=30, bits=8)
+    count_update(led, [(None, 100, 30)], bits=8)
     assert led.counts["optimizer_bits"] == 100 * ADAM_STATE_BITS
     assert led.counts["fp32_ops"] == 100 * ADAM_FP32_OPS
     assert led.counts["sram_write_bits"] == 30 * 8  # the weights in the arrays are reprogrammed instead
@@ -189,6 +189,23 @@ def test_work_is_booked_per_layer_under_the_arrays_names():
     assert by["total"] == pytest.approx(total["total"] - total["leakage"])
 
 
+def test_training_books_the_optimiser_and_sram_writes_under_the_adapted_layer():
+    from rmlora.config import TrainConfig
+    from rmlora.methods.train import fit
+    model = _deployed_with_adapter(4)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    led = Ledger()
+    x = torch.rand(8, 64)
+    fit(model, params, lambda step: model(x).square().mean(), TrainConfig(steps=3, lr=1e-3, batch_size=8),
+        ledger=led, progress=False)
+    n = sum(p.numel() for p in params)
+    assert led.counts["optimizer_steps"] == 3
+    for key, per_step in (("optimizer_bits", n * ADAM_STATE_BITS), ("sram_write_bits", n * 8), ("trained_params", n)):
+        assert led.counts[key] == led.layers["0"][key] == 3 * per_step, key
+    e = led.energy_by_layer(PROF)["0"]
+    assert e["optimizer"] > 0 and e["sram"] > 0
+
+
 # ---------------------------------------------------------------------------
 # protocols
 # ---------------------------------------------------------------------------
@@ -200,7 +217,7 @@ def _paths() -> dict[str, PathLedgers]:
         led.add("reference_macs", 20000, "l")
         led.add("digital_macs", 3 * n, "l")
         from rmlora.methods.train import count_update
-        count_update(led, n, n if led is lt else 10, 8)
+        count_update(led, [("l", n, n if led is lt else 10)], 8)
     ft.add("trained_cells", 1000, "l")
     ft.add("programmed_cells", 20, "l")  # the mixed-precision update reprogrammed 20 cells ...
     ft.add("set_pulses", 60, "l")  # ... with 3 SET and 1 RESET pulse and 5 verify reads each

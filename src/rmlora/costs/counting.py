@@ -200,6 +200,20 @@ def layer_name(name: str) -> str:
     return ".".join(parts) or "model"
 
 
+def parameter_layers(model: nn.Module) -> dict[int, str]:
+    """The layer (:func:`layer_name`) each parameter's optimiser work is booked under, by ``id``:
+    the innermost countable layer or peft ``LoraLayer`` that holds it (an adapter's A and B go to
+    the layer they adapt). Parameters outside every such layer are left out."""
+    from peft.tuners.lora import LoraLayer
+
+    out: dict[int, str] = {}
+    for name, m in model.named_modules():  # parents come before their children, which override them
+        if isinstance(m, (Countable, LoraLayer)):
+            for p in m.parameters():
+                out[id(p)] = layer_name(name)
+    return out
+
+
 def _samples_hook(ledger: Ledger):
     def hook(module, args, kwargs):
         x = args[0] if args else next(iter(kwargs.values()), None)

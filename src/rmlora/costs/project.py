@@ -189,7 +189,7 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
     from rmlora.config import AdapterConfig
     from rmlora.device import load_preset
     from rmlora.hardware.layers import analog_class
-    from rmlora.methods.train import count_update
+    from rmlora.methods.train import count_update, update_groups
 
     adapter = adapter or AdapterConfig()
     lora_targets, adapter_bits = adapter.target_modules, adapter.bits
@@ -253,7 +253,7 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
     lt, li = ledger(), ledger()
     count(lora, lt, train=True)
     lt = lt.scaled(per_batch)
-    count_update(lt, n_lora, n_lora, adapter_bits)
+    count_update(lt, update_groups(lora, lora_params, set()), adapter_bits)
     count(lora.eval(), li, train=False)
     ld = ledger()
     ld.add("sram_write_bits", n_lora * adapter_bits)
@@ -264,11 +264,10 @@ def project(model: nn.Module, example: Any, *, adapter: Any = None, schedule: Sc
         q.requires_grad_(True)
     in_arrays = {id(m.weight) for n, m in full.named_modules() if layer_name(n) in cells}
     n_all = sum(q.numel() for q in full.parameters())
-    n_digital = sum(q.numel() for q in full.parameters() if id(q) not in in_arrays)
     ft, fi = ledger(), ledger()
     count(full, ft, train=True)
     ft = ft.scaled(per_batch)
-    count_update(ft, n_all, n_digital, adapter_bits)
+    count_update(ft, update_groups(full, full.parameters(), in_arrays), adapter_bits)
     count(full.eval(), fi, train=False)
     upd = write_verify_per_cell(p, sched.update_move_tol)
     dep = write_verify_per_cell(p, sched.deploy_move_tol)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from rmlora.config import TrainConfig
-from rmlora.costs.counting import ANALOG, counting
+from rmlora.costs.counting import ANALOG, counting, parameter_layers
 from rmlora.costs.ledger import Ledger
 
 
@@ -44,15 +44,35 @@ ADAM_STATE_BITS = 2 * 3 * 32
 ADAM_FP32_OPS = 8
 
 
-def count_update(ledger: Ledger, n_param: int, n_digital: int, bits: int) -> None:
-    """Count one optimiser step over ``n_param`` parameters, of which ``n_digital`` live in SRAM
-    (written back at ``bits`` each; those in the arrays are reprogrammed by the path instead)."""
-    ledger.add("sram_write_bits", n_digital * bits)
-    ledger.add("array_param_updates", n_param - n_digital)
-    ledger.add("optimizer_bits", n_param * ADAM_STATE_BITS)
-    ledger.add("fp32_ops", n_param * ADAM_FP32_OPS)
+#: (layer or None, parameters, of which in SRAM) for each layer a step updates
+UpdateGroups = list[tuple[str | None, int, int]]
+
+
+def update_groups(model: nn.Module, params: Iterable[nn.Parameter], in_arrays: set[int]) -> UpdateGroups:
+    """``params`` grouped by the layer their optimiser work is booked under
+    (:func:`rmlora.costs.counting.parameter_layers`; None for those outside every layer), with
+    how many of each group live in SRAM (every one whose ``id`` is not in ``in_arrays``)."""
+    where = parameter_layers(model)
+    groups: dict[str | None, list[int]] = {}
+    for p in params:
+        g = groups.setdefault(where.get(id(p)), [0, 0])
+        g[0] += p.numel()
+        g[1] += 0 if id(p) in in_arrays else p.numel()
+    return [(layer, n, d) for layer, (n, d) in groups.items()]
+
+
+def count_update(ledger: Ledger, groups: UpdateGroups, bits: int) -> None:
+    """Count one optimiser step over the parameters of ``groups`` (:func:`update_groups`), per
+    layer: those in SRAM written back at ``bits`` each (those in the arrays are reprogrammed by
+    the path instead), Adam's state read and written (``ADAM_STATE_BITS`` per parameter) and its
+    arithmetic (``ADAM_FP32_OPS`` per parameter)."""
+    for layer, n_param, n_digital in groups:
+        ledger.add("sram_write_bits", n_digital * bits, layer)
+        ledger.add("array_param_updates", n_param - n_digital, layer)
+        ledger.add("optimizer_bits", n_param * ADAM_STATE_BITS, layer)
+        ledger.add("fp32_ops", n_param * ADAM_FP32_OPS, layer)
+        ledger.add("trained_params", n_param, layer)
     ledger.add("optimizer_steps", 1)
-    ledger.add("trained_params", n_param)
 
 
 def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Callable[[int], torch.Tensor], cfg: TrainConfig, *,
@@ -73,9 +93,8 @@ def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Call
         raise ValueError("nothing to train")
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = [p for g in opt.param_groups for p in g["params"]]
-    n_param = sum(p.numel() for p in params)
     in_arrays = {id(m.weight) for m in model.modules() if getattr(m, "rmlora_counting", None) == ANALOG}
-    n_digital = sum(p.numel() for p in params if id(p) not in in_arrays)  # held in SRAM, not in the arrays
+    groups = update_groups(model, params, in_arrays)  # per layer: parameters, of which held in SRAM
     best_score, best_state, best_step = -float("inf"), None, 0
     history = {"step": [], "loss": [], "score": []}
     bar = tqdm(range(cfg.steps), desc=desc, leave=False, disable=not progress)
@@ -87,7 +106,7 @@ def fit(model: nn.Module, params: list[nn.Parameter] | list[dict], loss_fn: Call
             loss.backward()
         opt.step()
         if ledger is not None:
-            count_update(ledger, n_param, n_digital, update_bits)
+            count_update(ledger, groups, update_bits)
         if after_step is not None:
             after_step()
         last = step + 1 == cfg.steps
