@@ -357,3 +357,17 @@ def test_offchip_finetune_writes_the_array_weights_to_digital_memory():
     arr = paths["full"].train.counts["array_param_updates"]
     assert arr == 1000 - 10
     assert t.counts["sram_write_bits"] == paths["full"].train.counts["sram_write_bits"] + arr * 8
+
+
+def test_work_booked_without_a_layer_has_its_own_row_so_the_layers_add_up():
+    led = Ledger()
+    led.add("digital_macs", 1000, "a")
+    led.add("sram_write_bits", 64)  # no layer
+    by = led.energy_by_layer(PROF)
+    assert set(by) == {"a", Ledger.NO_LAYER}
+    assert by[Ledger.NO_LAYER]["sram"] == pytest.approx(64 * PROF.sram_bit_J) and by["a"]["sram"] == 0
+    total = led.energy(PROF)
+    assert sum(d["total"] for d in by.values()) == pytest.approx(total["total"] - total["leakage"])
+    led2 = Ledger()
+    led2.add("digital_macs", 10, "a")
+    assert set(led2.energy_by_layer(PROF)) == {"a"}

@@ -163,20 +163,31 @@ class Ledger:
         e["total"] = sum(e.values())
         return e
 
+    #: the row of :meth:`energy_by_layer` for work counted without a layer
+    NO_LAYER = "(no layer)"
+
     def energy_by_layer(self, prof: TechProfile) -> dict[str, dict[str, float]]:
-        """Energy per layer and kind of work (J; leakage is not attributed to layers)."""
+        """Energy per layer and kind of work (J), and :data:`NO_LAYER` for counted work booked
+        without a layer, if any (leakage is not attributed to layers)."""
         return self._by_layer(self._energy, prof)
 
     def time_by_layer(self, prof: TechProfile) -> dict[str, dict[str, float]]:
-        """Latency per layer and kind of work (s)."""
+        """Latency per layer and kind of work (s), as :meth:`energy_by_layer`."""
         return self._by_layer(self._time, prof)
 
     def _by_layer(self, price, prof: TechProfile) -> dict[str, dict[str, float]]:
         out = {}
+        booked: Counter = Counter()
         for name, c in sorted(self.layers.items()):
+            booked.update(c)
             d = price(c, prof)
             d["total"] = sum(d.values())
             out[name] = d
+        rest = self.counts - booked  # only what no layer holds (Counter subtraction keeps positives)
+        d = price(rest, prof)
+        d["total"] = sum(d.values())
+        if d["total"] > 0:
+            out[self.NO_LAYER] = d
         return out
 
     # -- plain data --------------------------------------------------------------------
