@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 from pathlib import Path
 
@@ -243,3 +244,18 @@ def test_undoing_an_add_under_a_later_one_switches_its_rows_off(tmp_path, monkey
     assert lora.per_class["test_acc"]["proc-5"] == 0.0
     assert "deleted adapter 1-add-proc-5" in lora.note
     assert "erased proc-5 by training" in last.paths["full"].note
+
+
+def test_report_command_renders_the_same_report_again_from_the_summary(sequence, tmp_path):
+    out, _ = sequence
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    res = CliRunner().invoke(main, ["report", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert (copy / "report.md").read_text() == (out / "report.md").read_text()
+    assert json.loads((copy / "summary.json").read_text()) == json.loads((out / "summary.json").read_text())
+    (copy / "summary.json").write_text("{")
+    before = (copy / "report.md").read_text()
+    res = CliRunner().invoke(main, ["report", str(copy)])
+    assert res.exit_code == 2 and res.output.count("error:") == 1 and "not a readable summary" in res.output
+    assert (copy / "report.md").read_text() == before  # nothing written over

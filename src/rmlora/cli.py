@@ -433,6 +433,16 @@ def ledger_verify(path: str, key: str | None) -> None:
                    f"sign with your own key (${records.KEY_ENV}) for that")
 
 
+@main.command("report")
+@click.argument("run", type=click.Path())
+def report_cmd(run: str) -> None:
+    """Write a run folder's report.md and plots again from its summary.json (the stored figures,
+    rendered by this version's report)."""
+    from rmlora.scenario.report import rewrite_report
+
+    click.echo(f"wrote {rewrite_report(run)}")
+
+
 @main.command("workloads")
 @click.argument("name", required=False)
 def workloads(name: str | None) -> None:

@@ -508,3 +508,46 @@ weights, each adapter as INT codes, the adapter path's digital parts, the full-u
 the chip's cells). Wall time of the first seed: {s0.timing_s.get('total', float('nan')):.0f} s.
 """
     (out / "report.md").write_text(text)
+
+
+def rewrite_report(folder: str | Path) -> Path:
+    """Write ``report.md`` and its plots again from a run folder's ``summary.json``, after the
+    report changed. Nothing is run: every score is the stored one; each seed's cost record is
+    priced again from its stored ledgers (the counted work) with the run's profile, so that the
+    cost tables are what this version makes of the same counts, and ``summary.json`` gets that
+    record too. The new files are written beside the folder first and moved in only when all are
+    done; other files (sample grids, the noise sweep) stay."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from rmlora.costs import load_profile
+    from rmlora.costs.protocols import PathLedgers
+    from rmlora.costs.report import cost_record
+    from rmlora.errors import RmloraError
+    from rmlora.runinfo import write_json
+    from rmlora.scenario.workload import get_workload
+
+    folder = Path(folder)
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        raise RmloraError(f"{folder} is not a run folder (no summary.json)")
+    try:
+        r = ScenarioResult.from_dict(json.loads(summary.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RmloraError(f"{summary} is not a readable summary ({type(exc).__name__}: {exc})") from None
+    for seed in r.per_seed:
+        if seed.costs.get("ledgers"):
+            pair = {k: PathLedgers.from_dict(v) for k, v in seed.costs["ledgers"].items()}
+            prof = load_profile(seed.costs.get("profile", r.chip["profile"]))
+            seed.costs = {**cost_record(pair, prof), "profile": prof.name, "ledgers": seed.costs["ledgers"]}
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=folder.parent))
+    try:
+        write_report(tmp, r, get_workload(r.workload))
+        write_json(tmp / "summary.json", r.to_dict())
+        for f in tmp.iterdir():
+            os.replace(f, folder / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / "report.md"
