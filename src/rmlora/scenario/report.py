@@ -332,12 +332,18 @@ def evaluation_tables(r: ScenarioResult) -> str:
     ev = r.evaluation()
     if not ev:
         return ""
+    def measured(st: dict[str, Any] | None) -> bool:
+        return bool(st) and st.get("mean") is not None and not math.isnan(st["mean"])
+
     out = []
-    for cols in (SCORE_COLUMNS, COST_COLUMNS):
+    for table in (SCORE_COLUMNS, COST_COLUMNS):
+        cols = [c for c in table if any(measured(row.get(c[0])) for row in ev["lanes"].values())]
+        if not cols:  # a workload that measures none of them (the style workload has no attacks)
+            continue
         rows = ["| method | path | " + " | ".join(t for _, t, _ in cols) + " |",
                 "|---|---|" + "---|" * len(cols)]
         for name, row in ev["lanes"].items():
-            if cols is COST_COLUMNS and name == "deployed":
+            if table is COST_COLUMNS and name == "deployed":
                 continue
             m, p = _method_path(name, row)
             rows.append(f"| {m} | {p} | " + " | ".join(_cell(row.get(k), f) for k, _, f in cols) + " |")
@@ -354,7 +360,8 @@ def evaluation_section(r: ScenarioResult) -> str:
     attack = (f"U-LiRA: {a['shadows']} shadow models of each kind per seed (the other seeds' models of the same "
               f"method, and their hardware-aware retrained models), {a['negatives_per_seed']} forgotten examples "
               f"per seed; TPR at FPR ≤ {a['fpr']:.0%} (with fewer than {round(1 / a['fpr'])} negatives per seed "
-              "that is the TPR at FPR 0)" if a["available"] else f"U-LiRA not computed: {a['why_not']}")
+              "that is the TPR at FPR 0): 0.5 and an FPR-sized TPR mean the model cannot be told from a retrained one"
+              if a["available"] else f"U-LiRA not computed: {a['why_not']}")
     n = len(r.per_seed)
     return f"""## Unlearning evaluation
 
@@ -362,14 +369,14 @@ Each row after the last request, mean ± sample std [95% bootstrap interval of t
 UA = 1 − accuracy on the forgotten training examples, RA on the kept training examples, TA on the kept classes'
 test examples. \\|AUC − 0.5\\| (loss): the loss-threshold attack, forgotten training examples against held-out
 examples of the same classes, its distance from 0.5 taken per seed. MIA-efficacy (SalUn's SVC attack) only for
-forgotten samples: for a forgotten class every path that suppresses it scores ~100%. {attack}: 0.5 and an
-FPR-sized TPR mean the model cannot be told from a retrained one. Relearn steps: a fresh LoRA adapter's steps
+forgotten samples: for a forgotten class every path that suppresses it scores ~100%. {attack}. Relearn steps: a fresh LoRA adapter's steps
 until the forgotten examples are recognised again (white-box, an output mask lifted; above the budget means not
 within it). Linear probe: accuracy on the forgotten examples of a logistic regression on the penultimate
 features, fitted on validation examples of every learned class. Avg. Gap: mean |UA, RA, TA (and MIA-efficacy
 where defined) − the retrained model's| per seed, then averaged. Run time: wall seconds of the lane's requests on
 this machine. Costs: the three figures (training, deployment, inference per sample); the references' float
-training is priced as digital training, three passes per example seen.
+training is priced as digital training, three passes per example seen. Columns a workload does not measure
+are left out.
 
 {evaluation_tables(r)}
 """
