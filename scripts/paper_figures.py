@@ -93,7 +93,8 @@ def main() -> None:
         equal = dataclasses.replace(sched, full_steps=None)
         proj_eq = proj if sched.full_steps is None else project(net, example, adapter=pm.adapter, schedule=equal,
                                                                 profile=prof, exclude=pm.exclude, loss_fn=pm.loss)
-        rows = [(f"ours ({run}, {len(summary['per_seed'])} seeds)", p, our[p]) for p in PROTOCOLS]
+        n = len(summary["per_seed"])
+        rows = [(f"ours ({run}, {n} seed{'s' if n > 1 else ''})", p, our[p]) for p in PROTOCOLS]
         rows += [(f"paper size ({model})", p, {k: proj.figures[p]["ratios"][k] for k in HEADLINE}) for p in PROTOCOLS]
         if proj_eq is not proj:
             rows += [("paper size, equal steps", p, {k: proj_eq.figures[p]["ratios"][k] for k in HEADLINE})
@@ -111,7 +112,7 @@ def main() -> None:
             f"{100 * s.moved_per_step:.2f}% of trained cells reprogrammed per step"
             + (" (measured in our run)" if share is not None else " (default)") + ".",
             f"Source: {pm.source}.", "", "\n".join(table), "",
-            *account(model, proj, prof)]))
+            *account(model, proj, prof), ""]))
     best = closest(rows_all)
     lines = [
         "# Our cost ratios next to the paper's",
